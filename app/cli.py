@@ -1,0 +1,293 @@
+"""``medinfer``: the command-line face. Commands parse options and call ``pipelines``; nothing task-specific."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="medinfer",
+    help="Train, run and serve four published medical-imaging models. Not a medical device.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+logger = logging.getLogger("medinfer")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _echo_err(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _usage_error(msg: str) -> typer.Exit:
+    _echo_err(f"error: {msg}")
+    return typer.Exit(EXIT_USAGE)
+
+
+def _task(name: str):  # noqa: ANN202 - returns pipelines.common.task.Task, imported lazily
+    from pipelines.common.task import get_task
+
+    try:
+        return get_task(name)
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from exc
+
+
+def _checkpoint(task_name: str, checkpoint: Path | None):  # noqa: ANN202
+    from pipelines.common.checkpoint import checkpoints_dir, installed_checkpoint, load_checkpoint
+    from pipelines.common.errors import CheckpointError
+
+    path = checkpoint or installed_checkpoint(task_name)
+    if path is None:
+        raise _usage_error(
+            f"no checkpoint for task {task_name!r} in {checkpoints_dir()}. Train one with "
+            f"`medinfer train {task_name} --data DIR -o RUN --install`, run `medinfer demo` for synthetic "
+            "demo checkpoints, or pass --checkpoint FILE_OR_RUN_DIR."
+        )
+    try:
+        return load_checkpoint(path, task=task_name)
+    except CheckpointError as exc:
+        raise _usage_error(str(exc)) from exc
+
+
+@app.callback()
+def main_callback(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress to stderr.")] = False,
+) -> None:
+    """medinfer: research tool; not a medical device, not for diagnosis."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command("models")
+def models_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List tasks, their input contracts, registered networks and available checkpoints."""
+    from models import list_models
+    from pipelines.common.checkpoint import checkpoints_dir, installed_checkpoint
+    from pipelines.common.task import get_task, list_tasks
+
+    rows = []
+    for name in list_tasks():
+        info = get_task(name).describe()
+        info["models"] = list_models(name)
+        ckpt = installed_checkpoint(name)
+        info["checkpoint"] = str(ckpt) if ckpt else None
+        rows.append(info)
+    if as_json:
+        typer.echo(json.dumps({"checkpoints_dir": str(checkpoints_dir()), "tasks": rows}, indent=2))
+        return
+    typer.echo(f"checkpoints: {checkpoints_dir()}")
+    for info in rows:
+        c = info["contract"]
+        typer.echo(f"\n{info['task']}: {info['title']}")
+        typer.echo(f"  input:      {c['description']}")
+        typer.echo(f"  channels:   {', '.join(c['channels'])}")
+        typer.echo(f"  formats:    {', '.join(c['formats'])}")
+        typer.echo(f"  labels:     {', '.join(c['label_names'])}")
+        typer.echo(f"  networks:   {', '.join(info['models'])}")
+        typer.echo(f"  checkpoint: {info['checkpoint'] or 'none installed'}")
+
+
+@app.command("synth")
+def synth_cmd(
+    task: Annotated[str, typer.Argument(help="Task name.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of cases/records/images.")] = 8,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    dicom: Annotated[bool, typer.Option("--dicom", help="Also write DICOM where the task supports it.")] = False,
+    variant: Annotated[str | None, typer.Option("--variant", help="Dataset variant (e.g. brats2023 naming).")] = None,
+) -> None:
+    """Write a synthetic dataset in the task's real on-disk layout."""
+    t = _task(task)
+    try:
+        root = t.synth(out, n=n, seed=seed, dicom=dicom, variant=variant)
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from exc
+    typer.echo(f"wrote synthetic {task} data to {root}")
+
+
+@app.command("train")
+def train_cmd(
+    task: Annotated[str, typer.Argument(help="Task name.")],
+    data: Annotated[Path, typer.Option("--data", help="Dataset root in the real layout.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")],
+    preset: Annotated[str, typer.Option("--preset", help="full (published recipe) or tiny.")] = "full",
+    config: Annotated[Path | None, typer.Option("--config", help="YAML overriding config fields.")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Override the number of epochs.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    stage: Annotated[str | None, typer.Option("--stage", help="Run one stage of a staged method.")] = None,
+    install: Annotated[bool, typer.Option("--install", help="Install the best checkpoint for predict/serve.")] = False,
+) -> None:
+    """Train a model; writes best/last checkpoints, metrics.json, a curve PNG and a model card."""
+    from pipelines.common.checkpoint import install_checkpoint
+    from pipelines.common.task import TrainOptions
+
+    t = _task(task)
+    if not data.exists():
+        raise _usage_error(f"{data}: dataset folder does not exist")
+    if config is not None and not config.is_file():
+        raise _usage_error(f"{config}: config file does not exist")
+    opts = TrainOptions(
+        data_dir=data,
+        out_dir=out,
+        preset=preset,
+        config_path=config,
+        epochs=epochs,
+        device=device,
+        seed=seed,
+        stage=stage,
+    )
+    try:
+        run_dir = t.train(opts)
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from exc
+    typer.echo(f"run written to {run_dir}")
+    if install:
+        dst = install_checkpoint(run_dir, task)
+        typer.echo(f"installed {dst}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    task: Annotated[str, typer.Argument(help="Task name.")],
+    data: Annotated[Path, typer.Option("--data", help="Labelled dataset root.")],
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Checkpoint file or run folder.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("evaluation"),
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 1,
+) -> None:
+    """Evaluate a checkpoint on a labelled dataset: per-case CSV and summary JSON."""
+    from pipelines.common.task import PredictOptions
+
+    t = _task(task)
+    ckpt = _checkpoint(task, checkpoint)
+    if not data.exists():
+        raise _usage_error(f"{data}: dataset folder does not exist")
+    try:
+        summary = t.evaluate(data, ckpt, out, PredictOptions(device=device, batch_size=batch_size))
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from exc
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command("predict")
+def predict_cmd(
+    task: Annotated[str, typer.Argument(help="Task name.")],
+    inputs: Annotated[list[str], typer.Argument(help="Files, folders, globs, or role=path pairs.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Checkpoint file or run folder.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Batch (sliding-window batch for volumes).")
+    ] = 1,
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA.")] = True,
+    explain: Annotated[bool, typer.Option("--explain", help="Write the task's explanation too.")] = False,
+    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Mirror test-time augmentation (volumes).")] = False,
+    labels: Annotated[str | None, typer.Option("--labels", help="Output label convention, e.g. brats2018.")] = None,
+    overlay: Annotated[bool, typer.Option("--overlay", help="Write a preview PNG per input.")] = False,
+    overlap: Annotated[float, typer.Option("--overlap", min=0.0, max=0.95, help="Sliding-window overlap.")] = 0.5,
+    sampling_rate: Annotated[
+        float | None, typer.Option("--sampling-rate", help="Rate in Hz for signal files without one (CSV/NPY).")
+    ] = None,
+    continue_on_error: Annotated[
+        bool, typer.Option("--continue-on-error", help="Keep going after a failed input.")
+    ] = False,
+) -> None:
+    """Predict on inputs; one result per input plus report.json and report.csv. Exit 1 if any input failed."""
+    from tqdm import tqdm
+
+    from pipelines.common.errors import InputError
+    from pipelines.common.predict import run_predictions
+    from pipelines.common.task import PredictOptions
+
+    t = _task(task)
+    ckpt = _checkpoint(task, checkpoint)
+    options = PredictOptions(
+        device=device,
+        batch_size=batch_size,
+        amp=amp,
+        explain=explain,
+        tta=tta,
+        labels=labels,
+        overlay=overlay,
+        overlap=overlap,
+        sampling_rate=sampling_rate,
+    )
+    try:
+        items = t.collect_inputs(inputs)
+        predictor = t.load_predictor(ckpt, options)
+    except (InputError, ValueError) as exc:
+        raise _usage_error(str(exc)) from exc
+    if not items:
+        raise _usage_error("no inputs found")
+    with tqdm(total=len(items), desc=f"predict {task}", unit="input", file=sys.stderr, disable=None) as bar:
+        report = run_predictions(
+            predictor, items, out, task=task, continue_on_error=continue_on_error, progress=bar.update
+        )
+    counts = report.to_dict()["counts"]
+    typer.echo(
+        f"{counts['ok']} ok, {counts['error']} failed, {counts['skipped']} skipped; report: {out / 'report.json'}"
+    )
+    for r in report.results:
+        if r.status == "error":
+            _echo_err(f"failed: {r.error}")
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILED)
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Demo folder.")] = Path("demo_output"),
+    tasks: Annotated[list[str] | None, typer.Option("--task", help="Only these tasks (repeatable).")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Synthetic data, tiny demo checkpoints (installed), and predictions for every task."""
+    from pipelines.common.checkpoint import checkpoints_dir, install_checkpoint, load_checkpoint
+    from pipelines.common.predict import run_predictions
+    from pipelines.common.task import PredictOptions, TrainOptions, list_tasks
+
+    names = tasks or list_tasks()
+    for name in names:
+        t = _task(name)
+        typer.echo(f"[{name}] synthetic data")
+        data = t.synth(out / "data" / name, n=t.demo_synth_n(), seed=seed)
+        typer.echo(f"[{name}] training the tiny preset (a few minutes on CPU)")
+        run = t.train(TrainOptions(data_dir=data, out_dir=out / "runs" / name, preset="tiny", seed=seed))
+        dst = install_checkpoint(run, name)
+        typer.echo(f"[{name}] installed demo checkpoint {dst}")
+        ckpt = load_checkpoint(dst, task=name)
+        options = PredictOptions(explain=True, overlay=True)
+        predictor = t.load_predictor(ckpt, options)
+        pred_dir = out / "predictions" / name
+        report = run_predictions(
+            predictor, t.collect_inputs(t.demo_inputs(data)), pred_dir, task=name, continue_on_error=True
+        )
+        counts = report.to_dict()["counts"]
+        typer.echo(f"[{name}] predictions: {counts['ok']} ok, {counts['error']} failed -> {pred_dir}")
+    typer.echo("\nWhere to look:")
+    typer.echo(f"  synthetic data:     {out / 'data'}")
+    typer.echo(f"  training runs:      {out / 'runs'} (metrics.json, training_curve.png, MODEL_CARD.md)")
+    typer.echo(f"  predictions:        {out / 'predictions'} (report.json, masks, overlays)")
+    typer.echo(f"  demo checkpoints:   {checkpoints_dir()}")
+    typer.echo("Demo checkpoints are trained on synthetic data: not a medical device, not for diagnosis.")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Per-task pipelines (data, transforms, training, inference, explanation) built on ``models``."""

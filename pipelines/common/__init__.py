@@ -1,0 +1,1 @@
+"""Pieces shared by every task: keys, I/O, checkpoints, the trainer, metrics, seeding, plots."""

@@ -1,0 +1,190 @@
+"""One file per trained model, loadable with ``torch.load(weights_only=True)`` and rebuilt from the registry.
+
+Layout (``FORMAT_VERSION`` 1)::
+
+    {format_version, task, model_name, model_kwargs, config, state_dict, labels, preprocessing, metrics,
+     provenance{dataset, data_card, seed, trained_at, code_version}, extra}
+
+Everything but ``state_dict`` (and tensors inside ``extra``) is plain JSON-like data, so no code is ever
+unpickled. ``extra`` carries method-specific tensors and records (e.g. prototype sources, thresholds).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models import create_model
+from pipelines.common.errors import CheckpointError
+
+FORMAT_VERSION = 1
+BEST_NAME = "best.pt"
+LAST_NAME = "last.pt"
+REQUIRED_KEYS = ("format_version", "task", "model_name", "model_kwargs", "state_dict", "labels", "provenance")
+
+
+@dataclass
+class Checkpoint:
+    """An in-memory checkpoint (see the module docstring for the file layout)."""
+
+    task: str
+    model_name: str
+    model_kwargs: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    labels: list[str]
+    config: dict[str, Any] = field(default_factory=dict)
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    path: Path | None = None
+
+    def build_model(self, device: torch.device | str = "cpu") -> nn.Module:
+        """Rebuild the network from the registry and load the weights (eval mode)."""
+        model = create_model(self.model_name, **self.model_kwargs)
+        model.load_state_dict(self.state_dict)
+        return model.to(device).eval()
+
+    @property
+    def version(self) -> str:
+        """A short identifier: the training time stamp and code version."""
+        prov = self.provenance
+        return f"{prov.get('trained_at', 'unknown')}+{prov.get('code_version', 'unknown')}"
+
+
+def code_version() -> str:
+    """The package version plus the git commit when run from a checkout."""
+    try:
+        version = metadata.version("medinfer")
+    except metadata.PackageNotFoundError:
+        version = "0+unknown"
+    try:
+        root = Path(__file__).resolve().parents[2]
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{version}+g{sha}" if sha else version
+
+
+def make_provenance(dataset: str, data_card: str, seed: int) -> dict[str, Any]:
+    """Provenance block for a checkpoint trained now."""
+    return {
+        "dataset": dataset,
+        "data_card": data_card,
+        "seed": int(seed),
+        "trained_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "code_version": code_version(),
+    }
+
+
+def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
+    """Write a checkpoint atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format_version": ckpt.format_version,
+        "task": ckpt.task,
+        "model_name": ckpt.model_name,
+        "model_kwargs": dict(ckpt.model_kwargs),
+        "config": ckpt.config,
+        "state_dict": {k: v.detach().cpu() for k, v in ckpt.state_dict.items()},
+        "labels": list(ckpt.labels),
+        "preprocessing": ckpt.preprocessing,
+        "metrics": ckpt.metrics,
+        "provenance": ckpt.provenance,
+        "extra": ckpt.extra,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, task: str | None = None) -> Checkpoint:
+    """Load a checkpoint file with ``weights_only=True``.
+
+    Args:
+        path: a checkpoint file or a training run folder (its ``best.pt``).
+        task: when given, the checkpoint must belong to this task.
+
+    Raises:
+        CheckpointError: missing, unreadable, of an unknown format, or of another task.
+    """
+    file = resolve_checkpoint_path(path)
+    try:
+        raw = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file; all mean "not a checkpoint"
+        raise CheckpointError(f"{file}: not a readable medinfer checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(raw, Mapping) or any(k not in raw for k in REQUIRED_KEYS):
+        raise CheckpointError(f"{file}: not a medinfer checkpoint (missing keys)")
+    if raw["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{file}: checkpoint format {raw['format_version']} is not supported")
+    if task is not None and raw["task"] != task:
+        raise CheckpointError(f"{file}: checkpoint is for task {raw['task']!r}, not {task!r}")
+    return Checkpoint(
+        task=raw["task"],
+        model_name=raw["model_name"],
+        model_kwargs=dict(raw["model_kwargs"]),
+        state_dict=raw["state_dict"],
+        labels=list(raw["labels"]),
+        config=dict(raw.get("config") or {}),
+        preprocessing=dict(raw.get("preprocessing") or {}),
+        metrics=dict(raw.get("metrics") or {}),
+        provenance=dict(raw["provenance"]),
+        extra=dict(raw.get("extra") or {}),
+        format_version=raw["format_version"],
+        path=file,
+    )
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder's ``best.pt`` (falling back to ``last.pt``)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        for name in (BEST_NAME, LAST_NAME):
+            if (p / name).is_file():
+                return p / name
+        raise CheckpointError(f"{p}: folder holds no {BEST_NAME} or {LAST_NAME}")
+    if not p.is_file():
+        raise CheckpointError(f"{p}: checkpoint not found")
+    return p
+
+
+def checkpoints_dir() -> Path:
+    """Where installed checkpoints live: ``$MEDINFER_CHECKPOINTS`` or ``~/.cache/medinfer/checkpoints``."""
+    env = os.environ.get("MEDINFER_CHECKPOINTS")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "medinfer" / "checkpoints"
+
+
+def installed_checkpoint(task: str, directory: str | Path | None = None) -> Path | None:
+    """The installed checkpoint of a task, if any (``<dir>/<task>.pt``)."""
+    base = Path(directory).expanduser() if directory else checkpoints_dir()
+    candidate = base / f"{task}.pt"
+    return candidate if candidate.is_file() else None
+
+
+def install_checkpoint(run_or_file: str | Path, task: str, directory: str | Path | None = None) -> Path:
+    """Copy a run's best checkpoint (and its model card) to the checkpoints folder as ``<task>.pt``."""
+    src = resolve_checkpoint_path(run_or_file)
+    load_checkpoint(src, task=task)  # validate before installing
+    base = Path(directory).expanduser() if directory else checkpoints_dir()
+    base.mkdir(parents=True, exist_ok=True)
+    dst = base / f"{task}.pt"
+    shutil.copyfile(src, dst)
+    card = src.parent / "MODEL_CARD.md"
+    if card.is_file():
+        shutil.copyfile(card, base / f"{task}.MODEL_CARD.md")
+    return dst
