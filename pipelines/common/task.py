@@ -51,10 +51,12 @@ class InputItem:
     Args:
         name: display name, used for output file names (no patient identifiers).
         paths: the files that make it up, by role (``{"t1": ..., "flair": ...}`` or ``{"record": ...}``).
+        explain: also explain this item (per-request switch for the service; ORed with the options').
     """
 
     name: str
     paths: dict[str, Path]
+    explain: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,23 @@ class Predictor(abc.ABC):
     max_batch: int = 1
 
     def __init__(self, checkpoint: Checkpoint, options: PredictOptions) -> None:
+        import torch
+
         self.checkpoint = checkpoint
         self.options = options
+        self.device = torch.device(resolve_device(options.device))
+        self.model = checkpoint.build_model(self.device)
+
+    def move_to(self, device: str) -> None:
+        """Move the model (e.g. to ``cpu`` after CUDA ran out of memory)."""
+        import torch
+
+        self.device = torch.device(device)
+        self.model.to(self.device)
+
+    def wants_explanation(self, item: InputItem) -> bool:
+        """Whether to explain this item (the run's option or the item's own switch)."""
+        return self.options.explain or item.explain
 
     @abc.abstractmethod
     def prepare(self, item: InputItem) -> Prepared:
