@@ -1,0 +1,86 @@
+"""The service's error type and the handlers that render every error as ``{"error": {"code", "message"}}``."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pipelines.common.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+_CODES = {
+    400: "bad_input",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_type",
+    422: "validation_error",
+    500: "internal",
+    503: "unavailable",
+}
+
+
+class ServiceError(Exception):
+    """An error with its HTTP status, raised anywhere in ``app/`` and rendered by :func:`install_handlers`.
+
+    Args:
+        status: HTTP status code.
+        message: readable message (never a patient identifier or a server path).
+        code: stable machine code; defaults from the status.
+        headers: extra response headers (``Retry-After``, ``WWW-Authenticate``).
+    """
+
+    def __init__(self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code or _CODES.get(status, "error")
+        self.headers = headers or {}
+
+
+class QueueFullError(ServiceError):
+    """A model's queue is full; the client should retry later."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(503, message, "overloaded", {"Retry-After": str(int(retry_after_s))})
+
+
+def error_json(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error response in the service's shape."""
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Register handlers so that every error, expected or not, is JSON in one shape."""
+
+    @app.exception_handler(ServiceError)
+    async def _service(_: Request, exc: ServiceError) -> JSONResponse:
+        return error_json(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return error_json(exc.status_code, _CODES.get(exc.status_code, "error"), message, dict(exc.headers or {}))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            parts.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else str(err.get("msg", "invalid")))
+        return error_json(422, "validation_error", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(InputError)
+    async def _input(_: Request, exc: InputError) -> JSONResponse:
+        return error_json(400, "bad_input", str(exc))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
+        return error_json(500, "internal", "internal server error")

@@ -1,0 +1,67 @@
+"""``create_app(settings)``: the FastAPI service. Models load in the lifespan, never at import."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from app.errors import install_handlers
+from app.metrics import MetricsMiddleware
+from app.routes import health, jobs, models, predict
+from app.security import BodyLimitMiddleware, require_api_key
+from app.service import API_PREFIX, Service
+from app.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service app.
+
+    Args:
+        settings: service settings; ``None`` reads them from the environment (``get_settings()``).
+
+    Returns:
+        The app; its lifespan opens the job store, loads every enabled model in the background and runs
+        the job worker.
+
+    Raises:
+        ValueError: if the API key file cannot be read.
+    """
+    settings = settings or get_settings()
+    service = Service(settings)
+    api_keys = settings.keys()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await service.startup()
+        try:
+            yield
+        finally:
+            await service.shutdown()
+
+    app = FastAPI(
+        title="medinfer",
+        version="1",
+        summary="Four published medical-imaging models behind one API. Research use: not a medical device.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.service = service
+    app.state.api_keys = api_keys
+    install_handlers(app)
+
+    app.include_router(health.router)
+    secured = [Depends(require_api_key)]
+    app.include_router(models.router, prefix=API_PREFIX, dependencies=secured)
+    app.include_router(predict.router, prefix=API_PREFIX, dependencies=secured)
+    app.include_router(jobs.router, prefix=API_PREFIX, dependencies=secured)
+
+    app.add_middleware(BodyLimitMiddleware, limit=int(settings.max_upload_mb * 1024 * 1024))
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics, known_tasks=lambda: service.runtimes.keys())
+    if api_keys:
+        logger.info("API keys required on %s (%d key(s))", API_PREFIX, len(api_keys))
+    return app

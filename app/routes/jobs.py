@@ -1,0 +1,104 @@
+"""``/api/v1/jobs``: asynchronous jobs for volumes and anything slow, persisted across restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import FileResponse
+
+from app.errors import ServiceError
+from app.jobs import JobRecord
+from app.routes.predict import RESPONSES, LabelsField, RateField, overrides, require_multipart
+from app.schemas import Job, JobLinks, JobResult, error_responses
+from app.service import API_PREFIX, Service, ServiceDep
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+def job_view(rec: JobRecord, service: Service) -> Job:
+    expires = rec.finished_at + service.settings.result_ttl_s if rec.finished_at else None
+    return Job(
+        id=rec.id,
+        task=rec.task,
+        state=rec.state,  # type: ignore[arg-type]
+        progress=max(0.0, min(1.0, rec.progress)),
+        error=rec.error,
+        attempts=rec.attempts,
+        created_at=rec.created_at,
+        updated_at=rec.updated_at,
+        started_at=rec.started_at,
+        finished_at=rec.finished_at,
+        expires_at=expires,
+        links=JobLinks(self=f"{API_PREFIX}/jobs/{rec.id}", result=f"{API_PREFIX}/jobs/{rec.id}/result"),
+    )
+
+
+def _record(service: Service, job_id: str) -> JobRecord:
+    rec = service.job_store().get(job_id) if job_id.isalnum() else None
+    if rec is None:
+        raise ServiceError(404, f"job {job_id!r} not found")
+    return rec
+
+
+@router.post("", response_model=Job, status_code=202, summary="Submit a job", responses=RESPONSES)
+async def submit(
+    request: Request,
+    service: ServiceDep,
+    task: Annotated[str, Form(max_length=64, description="Task name.")],
+    files: Annotated[list[UploadFile], File(description="The task's files (as for predict); zips extracted.")],
+    explain: Annotated[bool, Form(description="Also explain.")] = False,
+    sampling_rate: RateField = None,
+    labels: LabelsField = None,
+) -> Job:
+    """Queue a prediction; poll ``links.self`` and fetch ``links.result`` when it has succeeded."""
+    require_multipart(request)
+    request.scope.setdefault("state", {})["task"] = task
+    rec = await service.submit_job(task, files, overrides(sampling_rate, labels), explain=explain)
+    return job_view(rec, service)
+
+
+@router.get("/{job_id}", response_model=Job, summary="Job state", responses=error_responses(401, 404))
+async def get_job(job_id: str, service: ServiceDep) -> Job:
+    """State, progress and error of a job."""
+    return job_view(_record(service, job_id), service)
+
+
+@router.get("/{job_id}/result", response_model=JobResult, summary="Job result", responses=error_responses(401, 404))
+async def get_result(job_id: str, service: ServiceDep) -> dict[str, Any]:
+    """The report of a finished job (one outcome per input) and links to its files."""
+    rec = _record(service, job_id)
+    if rec.state == "expired":
+        raise ServiceError(404, f"job {job_id!r} has expired; its results were deleted")
+    if rec.state not in ("succeeded", "failed") or rec.result is None:
+        raise ServiceError(404, f"job {job_id!r} has no result yet (state {rec.state})")
+    return {
+        "id": rec.id,
+        "task": rec.task,
+        "state": rec.state,
+        "checkpoint_version": rec.checkpoint_version,
+        "results": rec.result.get("results", []),
+        "files": service.file_links(rec.id),
+    }
+
+
+@router.get(
+    "/{job_id}/files/{path:path}",
+    summary="A result file",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The file."},
+        **error_responses(401, 404),
+    },
+)
+async def get_file(job_id: str, path: str, service: ServiceDep) -> FileResponse:
+    """A file written by the prediction (a mask in the input's geometry, an explanation, the report)."""
+    rec = _record(service, job_id)
+    if rec.state == "expired":
+        raise ServiceError(404, f"job {job_id!r} has expired; its results were deleted")
+    root = service.job_store().output_dir(job_id).resolve()
+    target = (root / path).resolve()
+    if root not in target.parents or not target.is_file():
+        raise ServiceError(404, f"job {job_id!r} has no file {Path(path).name!r}")
+    return FileResponse(target, filename=target.name)

@@ -1,0 +1,157 @@
+"""Pydantic request and response models of the service (what OpenAPI documents)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+JobState = Literal["queued", "running", "succeeded", "failed", "expired"]
+
+
+class ErrorBody(BaseModel):
+    """What went wrong, in a stable code and a readable message."""
+
+    code: str = Field(description="bad_input, unauthorized, not_found, too_large, unsupported_type, ...")
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error the service returns: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    """Liveness."""
+
+    status: Literal["ok"] = "ok"
+
+
+class ModelState(BaseModel):
+    """Where one model stands: ``loading``, ``warming``, ``ready`` or ``failed``."""
+
+    state: str
+    device: str | None = None
+    error: str | None = None
+
+
+class Readiness(BaseModel):
+    """Readiness of every enabled model."""
+
+    ready: bool
+    models: dict[str, ModelState]
+
+
+class DataCard(BaseModel):
+    """A dataset's card."""
+
+    name: str
+    text: str | None = None
+
+
+class ModelInfo(BaseModel):
+    """One served task: checkpoint, input contract, labels, model and data cards."""
+
+    task: str
+    title: str
+    state: str
+    model_name: str
+    checkpoint_version: str
+    checkpoint_file: str
+    labels: list[str]
+    contract: dict[str, Any]
+    max_batch_size: int
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    model_card: str | None = None
+    data_card: DataCard | None = None
+
+
+class ModelList(BaseModel):
+    """Every served task."""
+
+    models: list[ModelInfo]
+
+
+class FileLink(BaseModel):
+    """A file a prediction wrote (a mask, an explanation), fetched through ``url``."""
+
+    name: str
+    url: str
+    size: int
+
+
+class ItemOutcome(BaseModel):
+    """The result of one input, as the CLI's report writes it."""
+
+    input: str
+    status: Literal["ok", "error", "skipped"]
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+    timings: dict[str, float] = Field(default_factory=dict)
+
+
+class PredictResponse(BaseModel):
+    """A synchronous prediction: one outcome per input, and links to the files written."""
+
+    id: str = Field(description="Result id; files are served under /api/v1/jobs/{id}/files/.")
+    task: str
+    checkpoint_version: str
+    results: list[ItemOutcome]
+    files: list[FileLink] = Field(default_factory=list)
+
+
+class JobLinks(BaseModel):
+    """Where to poll a job and fetch its result."""
+
+    self: str
+    result: str
+
+
+class Job(BaseModel):
+    """An asynchronous job's state."""
+
+    id: str
+    task: str
+    state: JobState
+    progress: float = Field(ge=0.0, le=1.0)
+    error: str | None = None
+    attempts: int = 0
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = None
+    links: JobLinks
+
+
+class JobResult(BaseModel):
+    """A finished job: the report (as ``report.json``) and the files written."""
+
+    id: str
+    task: str
+    state: JobState
+    checkpoint_version: str
+    results: list[ItemOutcome]
+    files: list[FileLink] = Field(default_factory=list)
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in (
+        (400, "Bad input: the files cannot be used (the message names the file and the problem)."),
+        (401, "Missing or wrong API key."),
+        (404, "Unknown task, job or file."),
+        (413, "Upload or unpacked archive too large."),
+        (415, "Unsupported media type or no usable input among the files."),
+        (422, "Request validation failed."),
+        (503, "Model not ready, or queue full (see Retry-After)."),
+    )
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` entry for these error codes."""
+    return {c: ERROR_RESPONSES[c] for c in codes}

@@ -1,0 +1,290 @@
+"""The service object behind the routes: models, the job store and worker, metrics, uploads."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, Request, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from app.errors import ServiceError
+from app.jobs import JobRecord, JobStore, JobWorker
+from app.metrics import Metrics
+from app.runtime import DeviceThreads, ModelRuntime, Outcome, discover_models
+from app.settings import Settings
+from app.uploads import private_dir, remove_tree, scrub, store_uploads
+from pipelines.common.errors import InputError
+from pipelines.common.predict import Report
+from pipelines.common.task import InputItem
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+
+
+def file_url(job_id: str, rel: str) -> str:
+    return f"{API_PREFIX}/jobs/{job_id}/files/{rel}"
+
+
+class Service:
+    """Everything the routes need, created by ``create_app`` and started in its lifespan.
+
+    Args:
+        settings: the service settings.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.data_dir = settings.data_dir.expanduser()
+        self.tmp_dir = self.data_dir / "tmp"
+        self.threads = DeviceThreads()
+        self.store: JobStore | None = None
+        self.metrics = Metrics(job_counts=self._job_counts)
+        self.runtimes: dict[str, ModelRuntime] = {}
+        self.worker: JobWorker | None = None
+        self._loading: list[asyncio.Task[None]] = []
+
+    def _job_counts(self) -> dict[str, int]:
+        return self.store.counts() if self.store is not None else {}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def startup(self) -> None:
+        """Open the store, recover jobs, start loading models (in the background) and the job worker."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        remove_tree(self.tmp_dir)  # uploads of a previous process that died mid-request
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.chmod(0o700)
+        self.store = JobStore(self.data_dir)
+        for task, ckpt in discover_models(self.settings):
+            self.runtimes[task.name] = ModelRuntime(task, ckpt, self.settings, self.threads, self.metrics)
+        if not self.runtimes:
+            logger.warning("no task has a checkpoint in %s; nothing to serve", self.settings.checkpoints or "default")
+        loop = asyncio.get_running_loop()
+        self._loading = [loop.create_task(rt.load(), name=f"load-{rt.name}") for rt in self.runtimes.values()]
+        pending = self.store.recover(self.settings.job_max_attempts, served=set(self.runtimes))
+        self.worker = JobWorker(
+            self.store,
+            self._run_job,
+            workers=self.settings.job_workers,
+            ttl_s=self.settings.result_ttl_s,
+            cleanup_interval_s=self.settings.cleanup_interval_s,
+        )
+        self.worker.start(pending)
+
+    async def shutdown(self) -> None:
+        for t in self._loading:
+            t.cancel()
+        if self.worker is not None:
+            await self.worker.stop()
+        for rt in self.runtimes.values():
+            await rt.stop()
+        self.threads.shutdown()
+        if self.store is not None:
+            self.store.close()
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.runtimes) and all(rt.ready for rt in self.runtimes.values())
+
+    def runtime(self, task: str, *, must_be_ready: bool = True) -> ModelRuntime:
+        """The served task.
+
+        Raises:
+            ServiceError: 404 when not served, 503 when not ready.
+        """
+        rt = self.runtimes.get(task)
+        if rt is None:
+            served = ", ".join(sorted(self.runtimes)) or "none"
+            raise ServiceError(404, f"task {task!r} is not served (served: {served})")
+        if must_be_ready and not rt.ready:
+            detail = f": {rt.error}" if rt.error else ""
+            raise ServiceError(
+                503,
+                f"model {task!r} is not ready (state {rt.state}{detail})",
+                "not_ready",
+                {"Retry-After": str(self.settings.retry_after_s)},
+            )
+        return rt
+
+    def job_store(self) -> JobStore:
+        if self.store is None:
+            raise ServiceError(503, "service is starting", "not_ready")
+        return self.store
+
+    # -- inputs ----------------------------------------------------------------------------------
+    async def _collect(self, rt: ModelRuntime, paths: list[Path], upload_dir: Path, explain: bool) -> list[InputItem]:
+        try:
+            items = await run_in_threadpool(rt.task.collect_inputs, [str(p) for p in paths])
+        except (InputError, ValueError) as exc:
+            raise ServiceError(400, scrub(str(exc), upload_dir)) from exc
+        if not items:
+            formats = "; ".join(rt.task.contract.formats)
+            raise ServiceError(415, f"no usable {rt.name} input among the uploaded files (accepted: {formats})")
+        if explain:
+            items = [dataclasses.replace(it, explain=True) for it in items]
+        return items
+
+    def _linkify(self, value: Any, out_dir: Path, job_id: str) -> Any:
+        """Replace server paths of written files by their result links."""
+        if isinstance(value, dict):
+            return {k: self._linkify(v, out_dir, job_id) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._linkify(v, out_dir, job_id) for v in value]
+        if isinstance(value, Path):
+            value = str(value)
+        if isinstance(value, str):
+            for base in {str(out_dir), str(out_dir.resolve())}:
+                if value.startswith(base + "/"):
+                    return file_url(job_id, value[len(base) + 1 :])
+        return value
+
+    def file_links(self, job_id: str) -> list[dict[str, Any]]:
+        out_dir = self.job_store().output_dir(job_id)
+        if not out_dir.is_dir():
+            return []
+        return [
+            {
+                "name": str(p.relative_to(out_dir)),
+                "url": file_url(job_id, str(p.relative_to(out_dir))),
+                "size": p.stat().st_size,
+            }
+            for p in sorted(out_dir.rglob("*"))
+            if p.is_file()
+        ]
+
+    def _results(self, outcomes: list[Outcome], out_dir: Path, job_id: str) -> list[dict[str, Any]]:
+        return [self._linkify(o.result.to_dict(), out_dir, job_id) for o in outcomes]
+
+    # -- synchronous prediction ------------------------------------------------------------------
+    async def predict(
+        self, task: str, files: list[UploadFile], overrides: dict[str, Any], *, explain: bool
+    ) -> dict[str, Any]:
+        """Predict on uploaded files; the files the task writes are kept as a finished ``predict`` record.
+
+        Raises:
+            ServiceError: 400 when every input failed for its own reason, 404/503 for the model, 413/415 for
+                the upload, 503 on a full queue.
+        """
+        rt = self.runtime(task)
+        store = self.job_store()
+        upload_dir = private_dir(self.tmp_dir, "upload-")
+        job_id = store.new_id()
+        out_dir = store.output_dir(job_id)
+        try:
+            paths = await store_uploads(files, upload_dir, self.settings)
+            items = await self._collect(rt, paths, upload_dir, explain)
+            if len(items) > self.settings.max_items_per_request:
+                raise ServiceError(
+                    413,
+                    f"{len(items)} inputs in one request; the limit is {self.settings.max_items_per_request}"
+                    " (submit a job for more)",
+                )
+            out_dir.mkdir(parents=True)
+            outcomes = await asyncio.gather(
+                *(rt.predict_item(it, out_dir, upload_dir, overrides, wait_for_slot=False) for it in items)
+            )
+        except BaseException:
+            remove_tree(store.job_dir(job_id))
+            raise
+        finally:
+            remove_tree(upload_dir)
+        failures = [o for o in outcomes if o.failure]
+        if len(failures) == len(outcomes):
+            remove_tree(store.job_dir(job_id))
+            if all(o.failure == "input" for o in failures):
+                raise ServiceError(400, "; ".join(o.result.error or "" for o in failures))
+            raise ServiceError(500, "inference failed", "internal")
+        results = self._results(list(outcomes), out_dir, job_id)
+        files_written = any(out_dir.rglob("*"))
+        if files_written:
+            Report(task=task, checkpoint=rt.version, results=[o.result for o in outcomes]).write(out_dir)
+            store.create(
+                job_id,
+                task,
+                kind="predict",
+                state="succeeded",
+                checkpoint_version=rt.version,
+                result={"results": results},
+            )
+        else:
+            remove_tree(store.job_dir(job_id))
+        return {
+            "id": job_id,
+            "task": task,
+            "checkpoint_version": rt.version,
+            "results": results,
+            "files": self.file_links(job_id) if files_written else [],
+        }
+
+    # -- jobs ------------------------------------------------------------------------------------
+    async def submit_job(
+        self, task: str, files: list[UploadFile], overrides: dict[str, Any], *, explain: bool
+    ) -> JobRecord:
+        """Store the upload with a new queued job and hand it to the worker."""
+        rt = self.runtime(task, must_be_ready=False)
+        if rt.state == "failed":
+            raise ServiceError(503, f"model {task!r} failed to load: {rt.error}", "not_ready")
+        store = self.job_store()
+        job_id = store.new_id()
+        input_dir = store.input_dir(job_id)
+        input_dir.mkdir(parents=True, mode=0o700)
+        try:
+            await store_uploads(files, input_dir, self.settings)
+        except BaseException:
+            remove_tree(store.job_dir(job_id))
+            raise
+        record = store.create(job_id, task, options={"overrides": overrides, "explain": explain})
+        assert self.worker is not None
+        self.worker.submit(job_id)
+        return record
+
+    async def _run_job(self, rec: JobRecord) -> None:
+        store = self.job_store()
+        rt = self.runtimes.get(rec.task)
+        if rt is None:
+            store.finish(rec.id, "failed", error=f"task {rec.task!r} is not served")
+            return
+        await rt.wait_loaded()
+        if not rt.ready:
+            store.finish(rec.id, "failed", error=f"model {rec.task!r} failed to load: {rt.error}")
+            return
+        store.start(rec.id)
+        input_dir, out_dir = store.input_dir(rec.id), store.output_dir(rec.id)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            paths = sorted(input_dir.iterdir())
+            items = await self._collect(rt, paths, input_dir, bool(rec.options.get("explain")))
+        except ServiceError as exc:
+            store.finish(rec.id, "failed", error=exc.message)
+            remove_tree(input_dir)
+            return
+        overrides = dict(rec.options.get("overrides") or {})
+        outcomes: list[Outcome] = []
+        for i, item in enumerate(items):
+            outcomes.append(await rt.predict_item(item, out_dir, input_dir, overrides, wait_for_slot=True))
+            store.update(rec.id, progress=(i + 1) / len(items))
+        Report(task=rec.task, checkpoint=rt.version, results=[o.result for o in outcomes]).write(out_dir)
+        results = self._results(outcomes, out_dir, rec.id)
+        ok = sum(o.failure is None for o in outcomes)
+        result = {"results": results}
+        if ok == 0:
+            errors = "; ".join(o.result.error or "" for o in outcomes)
+            store.update(rec.id, checkpoint_version=rt.version)
+            store.finish(rec.id, "failed", error=f"every input failed: {errors}", result=result)
+        else:
+            store.update(rec.id, checkpoint_version=rt.version)
+            store.finish(rec.id, "succeeded", result=result)
+        remove_tree(input_dir)
+
+
+def get_service(request: Request) -> Service:
+    """Dependency: the app's service."""
+    service: Service = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]

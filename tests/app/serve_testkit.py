@@ -1,0 +1,202 @@
+"""A test-only analytic task, ``addone``: the model computes ``x + 1``, so every result is known in closed form.
+
+Inputs are ``.npy`` vectors or ``.csv`` number lists (CSV needs a ``sampling_rate``, like a signal without a
+header). ``finish`` writes the output as ``<name>_out.npy`` (standing in for a mask) and, when explained, a
+``<name>_explanation.json``. A vector whose first value is 13 passes ``prepare`` but makes ``run`` raise,
+to test that a bad neighbour does not fail its batch. ``MEDINFER_TEST_DELAY_S`` slows each batch down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.registry import ModelSpec, register_model
+from pipelines.common.checkpoint import Checkpoint, make_provenance, save_checkpoint
+from pipelines.common.errors import InputError
+from pipelines.common.task import (
+    InputContract,
+    InputItem,
+    Predictor,
+    PredictOptions,
+    Prepared,
+    Task,
+    TrainOptions,
+    expand_paths,
+    register_task,
+)
+
+TASK = "addone"
+MODEL = "addone_plus"
+SUFFIXES = (".npy", ".csv")
+
+
+class PlusOne(nn.Module):
+    """``y = x + 1 + bias`` with a zero bias (so the state dict is not empty)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 1.0 + self.bias
+
+
+SPEC = ModelSpec(
+    task=TASK,
+    spatial_dims=1,
+    in_channels=("x",),
+    label_names=("y",),
+    output_activation="identity",
+    roi_size=(4,),
+    data_card="addone.md",
+    paper="arithmetic",
+)
+
+
+@register_model(MODEL, SPEC)
+def addone_plus() -> nn.Module:
+    return PlusOne()
+
+
+class AddOnePredictor(Predictor):
+    def __init__(self, checkpoint: Checkpoint, options: PredictOptions) -> None:
+        super().__init__(checkpoint, options)
+        self.max_batch = max(1, options.batch_size)
+        self.batches: list[int] = []
+
+    def prepare(self, item: InputItem) -> Prepared:
+        path = item.paths["x"]
+        if path.stat().st_size == 0:
+            raise InputError(path, "is empty (0 bytes)")
+        try:
+            if path.suffix == ".npy":
+                arr = np.load(path, allow_pickle=False)
+            else:
+                if self.options.sampling_rate is None:
+                    raise InputError(path, "CSV needs a sampling_rate")
+                arr = np.loadtxt(path, delimiter=",", ndmin=1)
+        except (ValueError, OSError, EOFError) as exc:
+            raise InputError(path, f"is not a readable array ({type(exc).__name__})") from exc
+        arr = np.asarray(arr, dtype=np.float32).reshape(-1)
+        if arr.size == 0 or not np.isfinite(arr).all():
+            raise InputError(path, "holds no finite values")
+        return Prepared(item, torch.from_numpy(arr), {"rate": self.options.sampling_rate})
+
+    def run(self, batch: Sequence[Prepared]) -> list[Any]:
+        delay = float(os.environ.get("MEDINFER_TEST_DELAY_S", "0") or 0)
+        if delay:
+            time.sleep(delay)
+        self.batches.append(len(batch))
+        if any(float(p.data[0]) == 13.0 for p in batch):
+            raise InputError(next(p.item.name for p in batch if float(p.data[0]) == 13.0), "unlucky input")
+        with torch.no_grad():
+            return [self.model(p.data.to(self.device)).cpu() for p in batch]
+
+    def finish(self, prepared: Prepared, raw: Any, out_dir: Path) -> dict[str, Any]:
+        out = raw.numpy()
+        path = out_dir / f"{prepared.item.name}_out.npy"
+        np.save(path, out)
+        result: dict[str, Any] = {"values": out.tolist(), "mask": str(path), "sampling_rate": prepared.context["rate"]}
+        if self.wants_explanation(prepared.item):
+            exp = out_dir / f"{prepared.item.name}_explanation.json"
+            exp.write_text(json.dumps({"saliency": [1.0] * len(out)}))
+            result["explanation"] = str(exp)
+        return result
+
+    def warmup(self) -> None:
+        with torch.no_grad():
+            self.model(torch.zeros(4, device=self.device))
+
+
+class AddOneTask(Task):
+    name = TASK
+    title = "x + 1 (test-only analytic task)"
+    data_card = "addone.md"
+    default_model = MODEL
+
+    @property
+    def contract(self) -> InputContract:
+        return InputContract(
+            description="a vector of numbers",
+            channels=("x",),
+            formats=("NumPy (.npy)", "CSV with a sampling rate (.csv)"),
+            label_names=("y",),
+        )
+
+    def synth(self, out_dir: Path, n: int, seed: int, dicom: bool = False, variant: str | None = None) -> Path:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(seed)
+        for i in range(n):
+            np.save(out_dir / f"vec{i:03d}.npy", rng.normal(size=4).astype(np.float32))
+        return out_dir
+
+    def train(self, options: TrainOptions) -> Path:
+        options.out_dir.mkdir(parents=True, exist_ok=True)
+        write_checkpoint(options.out_dir / "best.pt")
+        return options.out_dir
+
+    def evaluate(self, data_dir: Path, checkpoint: Checkpoint, out_dir: Path, options: PredictOptions) -> dict:
+        return {}
+
+    def collect_inputs(self, inputs: Sequence[str]) -> list[InputItem]:
+        items: list[InputItem] = []
+        for path in expand_paths(inputs):
+            if not path.exists():
+                raise InputError(path, "does not exist")
+            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+            for f in files:
+                if f.suffix.lower() not in SUFFIXES:
+                    if path.is_dir():
+                        continue
+                    raise InputError(f, "has an unsupported format; expected .npy or .csv")
+                items.append(InputItem(name=f.stem, paths={"x": f}))
+        return items
+
+    def load_predictor(self, checkpoint: Checkpoint, options: PredictOptions) -> Predictor:
+        return AddOnePredictor(checkpoint, options)
+
+    def demo_inputs(self, data_dir: Path) -> list[str]:
+        return [str(p) for p in sorted(data_dir.glob("*.npy"))]
+
+
+def write_checkpoint(path: Path) -> Path:
+    """A real checkpoint file of the analytic model."""
+    model = PlusOne()
+    ckpt = Checkpoint(
+        task=TASK,
+        model_name=MODEL,
+        model_kwargs={},
+        state_dict=model.state_dict(),
+        labels=["y"],
+        metrics={"mae": 0.0},
+        provenance=make_provenance("arithmetic", "addone.md", 0),
+    )
+    return save_checkpoint(ckpt, path)
+
+
+def install(checkpoints: Path) -> Path:
+    """Install the analytic checkpoint (and a model card) as ``<checkpoints>/addone.pt``."""
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    (checkpoints / f"{TASK}.MODEL_CARD.md").write_text("# addone\n\nnot a medical device; not for diagnosis\n")
+    return write_checkpoint(checkpoints / f"{TASK}.pt")
+
+
+register_task(AddOneTask())
+
+
+def npy_bytes(values: list[float]) -> bytes:
+    """An in-memory ``.npy`` file."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(values, dtype=np.float32))
+    return buf.getvalue()
