@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -31,7 +32,7 @@ def _usage_error(msg: str) -> typer.Exit:
     return typer.Exit(EXIT_USAGE)
 
 
-def _task(name: str):  # noqa: ANN202 - returns pipelines.common.task.Task, imported lazily
+def _task(name: str) -> Any:
     from pipelines.common.task import get_task
 
     try:
@@ -40,7 +41,7 @@ def _task(name: str):  # noqa: ANN202 - returns pipelines.common.task.Task, impo
         raise _usage_error(str(exc)) from exc
 
 
-def _checkpoint(task_name: str, checkpoint: Path | None):  # noqa: ANN202
+def _checkpoint(task_name: str, checkpoint: Path | None) -> Any:
     from pipelines.common.checkpoint import checkpoints_dir, installed_checkpoint, load_checkpoint
     from pipelines.common.errors import CheckpointError
 
@@ -62,6 +63,8 @@ def main_callback(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress to stderr.")] = False,
 ) -> None:
     """medinfer: research tool; not a medical device, not for diagnosis."""
+    # library deprecation notices are for developers, not for people running predictions
+    warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -187,21 +187,23 @@ def read_volume(path: str | Path) -> Volume:
 
 
 def write_like(array: np.ndarray, ref: Volume, path: Path, dtype: type = np.uint8) -> Path:
-    """Write ``array`` (exactly ``ref``'s shape) as NIfTI in ``ref``'s geometry.
+    """Write ``array`` as NIfTI in ``ref``'s geometry.
 
-    NIfTI inputs keep their header (qform/sform codes, units); other inputs get a fresh header with the
-    same affine.
+    The first three axes must be exactly ``ref``'s shape; a trailing axis (e.g. per-region probabilities)
+    is written as a 4D image. NIfTI inputs keep their header (qform/sform codes, units); other inputs get a
+    fresh header with the same affine.
 
     Raises:
-        ValueError: if the array's shape differs from the reference's.
+        ValueError: if the array's spatial shape differs from the reference's.
     """
     import nibabel as nib
 
-    if tuple(array.shape) != ref.shape:
-        raise ValueError(f"result shape {tuple(array.shape)} differs from input shape {ref.shape}")
+    if tuple(array.shape[:3]) != ref.shape or array.ndim not in (3, 4):
+        raise ValueError(f"result shape {tuple(array.shape)} does not match input shape {ref.shape}")
     data = np.asarray(array).astype(dtype)
     if ref.header is not None:
         header = ref.header.copy()
+        header.set_data_shape(data.shape)
         header.set_data_dtype(dtype)
         header.set_slope_inter(1.0, 0.0)
         img = nib.Nifti1Image(data, ref.affine, header=header)

@@ -150,7 +150,7 @@ def run_predictions(
         for idx in range(len(chunk)):
             res = chunk_results[idx]
             if res.status == "error":
-                logger.warning("input failed: %s", res.error)
+                logger.info("input failed: %s", res.error)
                 if not continue_on_error:
                     stop = True
             results.append(res)
