@@ -157,8 +157,8 @@ def safe_extract_zip(archive: Path, dest: Path, *, max_total_bytes: int, max_mem
             parts = PurePosixPath(name).parts
             if name.startswith("/") or (parts and re.fullmatch(r"[A-Za-z]:", parts[0])) or ".." in parts:
                 raise ServiceError(400, f"{label}: archive member {name!r} has an unsafe path")
-            mode = member.external_attr >> 16
-            if mode and (stat.S_ISLNK(mode) or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
+            kind = stat.S_IFMT(member.external_attr >> 16)  # 0 when the archiver wrote no Unix mode
+            if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
                 raise ServiceError(400, f"{label}: archive member {name!r} is a link or special file")
             target = (root / name).resolve()
             if target != root and root not in target.parents:

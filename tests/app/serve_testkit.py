@@ -25,8 +25,8 @@ from pipelines.common.errors import InputError
 from pipelines.common.task import (
     InputContract,
     InputItem,
-    Predictor,
     PredictOptions,
+    Predictor,
     Prepared,
     Task,
     TrainOptions,
@@ -77,12 +77,12 @@ class AddOnePredictor(Predictor):
         path = item.paths["x"]
         if path.stat().st_size == 0:
             raise InputError(path, "is empty (0 bytes)")
+        if path.suffix == ".csv" and self.options.sampling_rate is None:
+            raise InputError(path, "CSV needs a sampling_rate")
         try:
             if path.suffix == ".npy":
                 arr = np.load(path, allow_pickle=False)
             else:
-                if self.options.sampling_rate is None:
-                    raise InputError(path, "CSV needs a sampling_rate")
                 arr = np.loadtxt(path, delimiter=",", ndmin=1)
         except (ValueError, OSError, EOFError) as exc:
             raise InputError(path, f"is not a readable array ({type(exc).__name__})") from exc

@@ -1,0 +1,103 @@
+"""Synchronous prediction through the real app with the analytic task (``x + 1``)."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from fastapi.testclient import TestClient
+from serve_testkit import npy_bytes
+
+PREDICT = "/api/v1/models/addone/predict"
+
+
+def test_predict_one_vector(client: TestClient) -> None:
+    r = client.post(PREDICT, files={"files": ("case1.npy", npy_bytes([1, 2, 3]))})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["task"] == "addone"
+    (res,) = body["results"]
+    assert res["status"] == "ok"
+    assert res["input"] == "case1.npy"  # no server path
+    assert res["outputs"]["values"] == [2.0, 3.0, 4.0]
+    assert "explanation" not in res["outputs"]
+    link = res["outputs"]["mask"]
+    assert link == f"/api/v1/jobs/{body['id']}/files/case1_out.npy"
+    names = {f["name"] for f in body["files"]}
+    assert {"case1_out.npy", "report.json", "report.csv"} <= names
+    got = client.get(link)
+    assert got.status_code == 200
+    assert np.load(io.BytesIO(got.content)).tolist() == [2.0, 3.0, 4.0]
+    # the stored result is also readable as a finished job
+    assert client.get(f"/api/v1/jobs/{body['id']}/result").json()["results"][0]["outputs"]["mask"] == link
+
+
+def test_explain_adds_the_explanation(client: TestClient) -> None:
+    r = client.post("/api/v1/models/addone/explain", files={"files": ("v.npy", npy_bytes([0, 0]))})
+    assert r.status_code == 200, r.text
+    outputs = r.json()["results"][0]["outputs"]
+    assert outputs["explanation"].endswith("/files/v_explanation.json")
+    assert client.get(outputs["explanation"]).json() == {"saliency": [1.0, 1.0]}
+
+
+def test_form_field_reaches_the_task_per_request(client: TestClient) -> None:
+    csv = ("sig.csv", b"1,2,3\n")
+    r = client.post(PREDICT, files={"files": csv})
+    assert r.status_code == 400
+    assert "sig.csv: CSV needs a sampling_rate" in r.json()["error"]["message"]
+    r = client.post(PREDICT, files={"files": csv}, data={"sampling_rate": "250"})
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["outputs"]["sampling_rate"] == 250.0
+    assert r.json()["results"][0]["outputs"]["values"] == [2.0, 3.0, 4.0]
+    # the shared predictor's options are untouched by a request's field
+    assert client.post(PREDICT, files={"files": csv}).status_code == 400
+
+
+def test_several_files_and_a_zip_in_one_request(client: TestClient) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("series/a.npy", npy_bytes([10]))
+        zf.writestr("series/b.npy", npy_bytes([20]))
+        zf.writestr("series/README.txt", b"ignored by the task")
+    files = [("files", ("one.npy", npy_bytes([1]))), ("files", ("bundle.zip", buf.getvalue()))]
+    r = client.post(PREDICT, files=files)
+    assert r.status_code == 200, r.text
+    got = {res["input"]: res["outputs"]["values"] for res in r.json()["results"]}
+    assert got == {"one.npy": [2.0], "bundle/series/a.npy": [11.0], "bundle/series/b.npy": [21.0]}
+
+
+def test_a_bad_input_among_good_ones_gets_its_own_error(client: TestClient) -> None:
+    files = [
+        ("files", ("good.npy", npy_bytes([1]))),
+        ("files", ("unlucky.npy", npy_bytes([13]))),  # fails inside run, batched with its neighbours
+        ("files", ("broken.npy", b"\x93NUMPY garbage")),  # fails in prepare
+        ("files", ("good2.npy", npy_bytes([5]))),
+    ]
+    r = client.post(PREDICT, files=files)
+    assert r.status_code == 200, r.text
+    by_input = {res["input"]: res for res in r.json()["results"]}
+    assert by_input["good.npy"]["outputs"]["values"] == [2.0]
+    assert by_input["good2.npy"]["outputs"]["values"] == [6.0]
+    assert by_input["unlucky.npy"]["status"] == "error"
+    assert "unlucky input" in by_input["unlucky.npy"]["error"]
+    assert by_input["broken.npy"]["status"] == "error"
+    assert "broken.npy" in by_input["broken.npy"]["error"]
+    assert "/tmp" not in r.text and "upload-" not in r.text
+
+
+def test_concurrent_requests_are_batched(client: TestClient) -> None:
+    def one(i: int) -> float:
+        r = client.post(PREDICT, files={"files": (f"v{i}.npy", npy_bytes([i]))})
+        assert r.status_code == 200, r.text
+        res = r.json()["results"][0]
+        assert res["outputs"]["values"] == [i + 1.0]
+        return res["timings"]["batch_size"]
+
+    with ThreadPoolExecutor(8) as pool:
+        sizes = list(pool.map(one, range(20, 36)))
+    assert max(sizes) > 1
+    assert max(sizes) <= 4  # the settings' max_batch_size
+    metrics = client.get("/metrics").text
+    assert 'medinfer_batch_size_count{task="addone"}' in metrics
