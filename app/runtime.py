@@ -32,7 +32,7 @@ from pipelines.common.task import InputItem, PredictOptions, Predictor, Prepared
 logger = logging.getLogger(__name__)
 
 #: ``PredictOptions`` fields a request may set for its own inputs (they act in ``prepare``/``finish``)
-PER_REQUEST_OPTIONS = ("sampling_rate", "labels")
+PER_REQUEST_OPTIONS = ("sampling_rate",)
 
 
 class DeviceThreads:

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse
 
 from app.errors import ServiceError
 from app.jobs import JobRecord
-from app.routes.predict import RESPONSES, LabelsField, RateField, overrides, require_multipart
+from app.routes.predict import RESPONSES, RateField, overrides, require_multipart
 from app.schemas import Job, JobLinks, JobResult, error_responses
 from app.service import API_PREFIX, Service, ServiceDep
 
@@ -50,12 +50,11 @@ async def submit(
     files: Annotated[list[UploadFile], File(description="The task's files (as for predict); zips extracted.")],
     explain: Annotated[bool, Form(description="Also explain.")] = False,
     sampling_rate: RateField = None,
-    labels: LabelsField = None,
 ) -> Job:
     """Queue a prediction; poll ``links.self`` and fetch ``links.result`` when it has succeeded."""
     require_multipart(request)
     request.scope.setdefault("state", {})["task"] = task
-    rec = await service.submit_job(task, files, overrides(sampling_rate, labels), explain=explain)
+    rec = await service.submit_job(task, files, overrides(sampling_rate), explain=explain)
     return job_view(rec, service)
 
 

@@ -27,9 +27,6 @@ FilesField = Annotated[
 RateField = Annotated[
     float | None, Form(gt=0, le=100_000, description="Sampling rate in Hz for signal files that carry none.")
 ]
-LabelsField = Annotated[
-    str | None, Form(max_length=64, description="Output label convention, where a task has several.")
-]
 
 RESPONSES = error_responses(400, 401, 404, 413, 415, 422, 503)
 
@@ -63,8 +60,9 @@ async def until_disconnect(request: Request, work: Awaitable[T], poll_s: float =
             task.cancel()
 
 
-def overrides(sampling_rate: float | None, labels: str | None) -> dict[str, Any]:
-    return {k: v for k, v in {"sampling_rate": sampling_rate, "labels": labels}.items() if v is not None}
+def overrides(sampling_rate: float | None) -> dict[str, Any]:
+    """Per-request ``PredictOptions`` fields from the form."""
+    return {"sampling_rate": sampling_rate} if sampling_rate is not None else {}
 
 
 @router.post(
@@ -80,13 +78,10 @@ async def predict(
     service: ServiceDep,
     files: FilesField,
     sampling_rate: RateField = None,
-    labels: LabelsField = None,
 ) -> dict[str, Any]:
     """Predict on one upload; results as the CLI writes them, files (masks) through result links."""
     require_multipart(request)
-    return await until_disconnect(
-        request, service.predict(task, files, overrides(sampling_rate, labels), explain=False)
-    )
+    return await until_disconnect(request, service.predict(task, files, overrides(sampling_rate), explain=False))
 
 
 @router.post(
@@ -101,8 +96,7 @@ async def explain(
     service: ServiceDep,
     files: FilesField,
     sampling_rate: RateField = None,
-    labels: LabelsField = None,
 ) -> dict[str, Any]:
     """Predict with the task's explanation (prototypes, Grad-CAM, probability maps) among the outputs."""
     require_multipart(request)
-    return await until_disconnect(request, service.predict(task, files, overrides(sampling_rate, labels), explain=True))
+    return await until_disconnect(request, service.predict(task, files, overrides(sampling_rate), explain=True))

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import serve_testkit
 from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+
+# the suite runs with --import-mode=importlib: make the helper module beside this file importable
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import serve_testkit  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +42,7 @@ def settings(tmp_path: Path, checkpoints_dir: Path) -> Settings:
     )
 
 
-def started_client(settings: Settings, *, wait_ready: bool = True, headers: dict[str, str] | None = None):
+def started_client(settings: Settings, *, wait_ready: bool = True, headers: dict[str, str] | None = None) -> TestClient:
     """A ``TestClient`` context of the real app (lifespan run), waiting until ``/readyz`` is 200."""
     client = TestClient(create_app(settings), headers=headers)
     client.__enter__()
@@ -60,3 +64,21 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield c
     finally:
         c.__exit__(None, None, None)
+
+
+@pytest.fixture
+def start_client() -> Iterator[Callable[..., TestClient]]:
+    """Factory of started clients (``started_client``); every one still open is closed at teardown."""
+    opened: list[TestClient] = []
+
+    def factory(settings: Settings, **kwargs: object) -> TestClient:
+        c = started_client(settings, **kwargs)  # type: ignore[arg-type]
+        opened.append(c)
+        return c
+
+    yield factory
+    for c in opened:
+        try:
+            c.__exit__(None, None, None)
+        except RuntimeError:
+            pass

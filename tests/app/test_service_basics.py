@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import started_client
 from fastapi.testclient import TestClient
 
 from app.settings import Settings
@@ -26,12 +26,14 @@ def test_readyz_ready(client: TestClient) -> None:
     assert body["models"]["addone"]["device"] == "cpu"
 
 
-def test_readyz_503_with_states_when_a_model_is_missing(settings: Settings, tmp_path: Path) -> None:
+def test_readyz_503_with_states_when_a_model_is_missing(
+    start_client: Callable[..., TestClient], settings: Settings, tmp_path: Path
+) -> None:
     settings = settings.model_copy(update={"tasks": "addone,nosuch"})
     with pytest.raises(ValueError, match="unknown task"):
-        started_client(settings)
+        start_client(settings)
     empty = settings.model_copy(update={"tasks": "addone", "checkpoints": tmp_path / "none"})
-    client = started_client(empty, wait_ready=False)
+    client = start_client(empty, wait_ready=False)
     try:
         r = client.get("/readyz")
         assert r.status_code == 503
