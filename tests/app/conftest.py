@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from app.main import create_app
 from app.settings import Settings
 
 # the suite runs with --import-mode=importlib: make the helper module beside this file importable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve_testkit  # noqa: E402
+from serve_testkit import started_client  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -40,20 +39,6 @@ def settings(tmp_path: Path, checkpoints_dir: Path) -> Settings:
         max_unpacked_mb=4,
         max_archive_members=50,
     )
-
-
-def started_client(settings: Settings, *, wait_ready: bool = True, headers: dict[str, str] | None = None) -> TestClient:
-    """A ``TestClient`` context of the real app (lifespan run), waiting until ``/readyz`` is 200."""
-    client = TestClient(create_app(settings), headers=headers)
-    client.__enter__()
-    if wait_ready:
-        deadline = time.monotonic() + 60
-        while client.get("/readyz").status_code != 200:
-            if time.monotonic() > deadline:
-                client.__exit__(None, None, None)
-                raise RuntimeError(f"service not ready: {client.get('/readyz').json()}")
-            time.sleep(0.02)
-    return client
 
 
 @pytest.fixture

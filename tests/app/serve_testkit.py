@@ -17,8 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from fastapi.testclient import TestClient
 from torch import nn
 
+from app.main import create_app
+from app.settings import Settings
 from models.registry import ModelSpec, register_model
 from pipelines.common.checkpoint import Checkpoint, make_provenance, save_checkpoint
 from pipelines.common.errors import InputError
@@ -190,9 +193,6 @@ def install(checkpoints: Path) -> Path:
     return write_checkpoint(checkpoints / f"{TASK}.pt")
 
 
-register_task(AddOneTask())
-
-
 def npy_bytes(values: list[float]) -> bytes:
     """An in-memory ``.npy`` file."""
     import io
@@ -200,3 +200,20 @@ def npy_bytes(values: list[float]) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.asarray(values, dtype=np.float32))
     return buf.getvalue()
+
+
+def started_client(settings: Settings, *, wait_ready: bool = True, headers: dict[str, str] | None = None) -> TestClient:
+    """A started ``TestClient`` of the real app (lifespan run), waiting until ``/readyz`` is 200."""
+    client = TestClient(create_app(settings), headers=headers)
+    client.__enter__()
+    if wait_ready:
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200:
+            if time.monotonic() > deadline:
+                client.__exit__(None, None, None)
+                raise RuntimeError(f"service not ready: {client.get('/readyz').json()}")
+            time.sleep(0.02)
+    return client
+
+
+register_task(AddOneTask())
