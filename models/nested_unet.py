@@ -128,19 +128,25 @@ class NestedUNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if not 1 <= deep_supervision_levels <= depth - 1:
-            raise ValueError(f"deep_supervision_levels must be in [1, depth-1={depth - 1}], got {deep_supervision_levels}")
+            raise ValueError(
+                f"deep_supervision_levels must be in [1, depth-1={depth - 1}], got {deep_supervision_levels}"
+            )
         self.head = head
         self.depth = depth
         self.out_channels = HEAD_CHANNELS[head]
         self.ds_levels = deep_supervision_levels
         filters = [base_filters * 2**i for i in range(depth)]
         self.encoder = nn.ModuleList(
-            EncoderLevel(in_channels if i == 0 else filters[i - 1], filters[i], 1 if i == 0 else 2, dropout, negative_slope)
+            EncoderLevel(
+                in_channels if i == 0 else filters[i - 1], filters[i], 1 if i == 0 else 2, dropout, negative_slope
+            )
             for i in range(depth)
         )
         # decoder level i (depth-2 ... 0): upsample from level i+1, concatenate the skip, localise
         self.up = nn.ModuleList(Upsampling(filters[i + 1], filters[i], negative_slope) for i in range(depth - 1))
-        self.localization = nn.ModuleList(Localization(2 * filters[i], filters[i], negative_slope) for i in range(depth - 1))
+        self.localization = nn.ModuleList(
+            Localization(2 * filters[i], filters[i], negative_slope) for i in range(depth - 1)
+        )
         self.seg = nn.ModuleList(nn.Conv3d(filters[i], self.out_channels, 1) for i in range(deep_supervision_levels))
 
     @property
@@ -167,7 +173,9 @@ class NestedUNet(nn.Module):
         acc: torch.Tensor | None = None
         for i in range(self.ds_levels - 1, -1, -1):
             seg = self.seg[i](decoded[i])
-            acc = seg if acc is None else seg + F.interpolate(acc, scale_factor=2, mode="trilinear", align_corners=False)
+            acc = (
+                seg if acc is None else seg + F.interpolate(acc, scale_factor=2, mode="trilinear", align_corners=False)
+            )
             summed.append(acc)
         logits = summed[-1]
         aux = tuple(reversed(summed[:-1]))

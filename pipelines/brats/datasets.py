@@ -29,9 +29,7 @@ def discover_cases(root: Path, require_label: bool = True) -> list[dict[str, Any
             continue
         case, role, _ = parsed
         found.setdefault((f.parent, case), {keys.CASE_ID: case})[role] = str(f)
-    cases = [
-        c for c in found.values() if all(m in c for m in MODALITIES) and (not require_label or "seg" in c)
-    ]
+    cases = [c for c in found.values() if all(m in c for m in MODALITIES) and (not require_label or "seg" in c)]
     if not cases:
         what = "labelled " if require_label else ""
         raise ValueError(f"{root}: no complete {what}BraTS cases found (need *_t1/_t1ce/_t2/_flair[/_seg].nii.gz)")

@@ -152,7 +152,13 @@ class BratsPredictor(Predictor):
         result = {
             "case": name,
             "label_convention": convention,
-            "labels": dict(zip(("background", "edema", "necrosis_non_enhancing", "enhancing"), LEVEL_TO_LABEL[convention], strict=True)),
+            "labels": dict(
+                zip(
+                    ("background", "edema", "necrosis_non_enhancing", "enhancing"),
+                    LEVEL_TO_LABEL[convention],
+                    strict=True,
+                )
+            ),
             "volumes_ml": volumes,
             "shape": list(ref.shape),
             "voxel_volume_ml": ref.voxel_volume_ml,
@@ -177,4 +183,3 @@ class BratsPredictor(Predictor):
         x = torch.zeros((1, 4, *self.cfg.roi_size), device=self.device)
         with torch.no_grad():
             self._forward_maps(x)
-

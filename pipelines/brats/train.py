@@ -51,7 +51,9 @@ class BratsTrainer(Trainer):
         self.cfg = cfg
         self.head = Head(cfg.head, cfg.beta, cfg.thresholds)
         self.loss_fn = DeepSupervisionLoss(self.head, cfg.ds_weights)
-        self.inferer = SlidingWindowInferer(cfg.roi_size, sw_batch_size=cfg.sw_batch_size, overlap=0.25, mode="gaussian")
+        self.inferer = SlidingWindowInferer(
+            cfg.roi_size, sw_batch_size=cfg.sw_batch_size, overlap=0.25, mode="gaussian"
+        )
         super().__init__(model, **kwargs)
 
     def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any]:

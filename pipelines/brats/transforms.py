@@ -99,9 +99,13 @@ def read_case(paths: Mapping[str, Path], with_label: bool = False) -> tuple[dict
     for m in MODALITIES[1:]:
         v = vols[m]
         if v.shape != ref.shape:
-            raise InputError(v.path, f"shape {v.shape} differs from {ref.path.name} {ref.shape}; modalities must share a grid")
+            raise InputError(
+                v.path, f"shape {v.shape} differs from {ref.path.name} {ref.shape}; modalities must share a grid"
+            )
         if not np.allclose(v.affine, ref.affine, atol=1e-3):
-            raise InputError(v.path, f"geometry (affine) differs from {ref.path.name}; modalities must be co-registered")
+            raise InputError(
+                v.path, f"geometry (affine) differs from {ref.path.name}; modalities must be co-registered"
+            )
     label = None
     if with_label:
         if "seg" not in paths:
@@ -112,7 +116,9 @@ def read_case(paths: Mapping[str, Path], with_label: bool = False) -> tuple[dict
         values = set(np.unique(label.array).astype(int).tolist())
         allowed = {0, 1, 2, 3, 4}
         if not values <= allowed:
-            raise InputError(label.path, f"holds label values {sorted(values - allowed)}; expected 0, 1, 2 and 4 (or 3)")
+            raise InputError(
+                label.path, f"holds label values {sorted(values - allowed)}; expected 0, 1, 2 and 4 (or 3)"
+            )
         if naming_of(paths) == NAMING_2023 or 3 in values:
             label.array = np.where(label.array == 3, 4, label.array).astype(np.float32)
     return vols, label
