@@ -1,0 +1,133 @@
+"""The ``ecg`` task: ProtoECGNet on PTB-XL (Sethi et al. 2025) behind the generic Task interface."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from models.protoecgnet import LEADS, PTBXL_LABELS
+from pipelines.common.checkpoint import Checkpoint
+from pipelines.common.task import (
+    InputContract,
+    InputItem,
+    PredictOptions,
+    Predictor,
+    Task,
+    TrainOptions,
+    expand_paths,
+    register_task,
+)
+from pipelines.ecg.config import MODEL_NAME, SAMPLING_RATE
+from pipelines.ecg.readers import ARRAY_SUFFIXES, DICOM_SUFFIXES
+
+__all__ = ["EcgTask"]
+
+#: PTB-XL metadata files that a folder scan must not take for records
+_METADATA = {"ptbxl_database.csv", "scp_statements.csv", "predictions.csv", "report.csv", "per_class.csv"}
+_RECORD_SUFFIXES = (".hea", *DICOM_SUFFIXES, *ARRAY_SUFFIXES)
+
+
+def _record_path(path: Path) -> Path | None:
+    """The path that identifies a record (the .hea for WFDB), or None when ``path`` is not a record."""
+    suffix = path.suffix.lower()
+    if suffix == ".dat":
+        return path.with_suffix(".hea")
+    if suffix in _RECORD_SUFFIXES:
+        return None if path.name.lower() in _METADATA else path
+    if suffix == "" and path.with_suffix(".hea").is_file():
+        return path.with_suffix(".hea")
+    return None
+
+
+class EcgTask(Task):
+    """ProtoECGNet: 71 PTB-XL statements from a 12-lead ECG, explained by prototypes."""
+
+    name = "ecg"
+    title = "ProtoECGNet: 12-lead ECG, 71 PTB-XL statements with prototype explanations"
+    data_card = "ptbxl.md"
+    default_model = MODEL_NAME
+
+    @property
+    def contract(self) -> InputContract:
+        return InputContract(
+            description="one 12-lead resting ECG, 10 s (8 s minimum), any rate >= 100 Hz",
+            channels=LEADS,
+            formats=(
+                "WFDB (.hea/.dat)",
+                "DICOM 12-lead ECG waveform (.dcm)",
+                "CSV (needs --sampling-rate)",
+                "NPY (needs --sampling-rate)",
+            ),  # fmt: skip
+            label_names=PTBXL_LABELS,
+            sampling_rate_hz=SAMPLING_RATE,
+            notes="Leads mapped by name (any order; CSV without header and NPY in the order above); units converted "
+            "to mV (CSV/NPY must be mV); resampled to 100 Hz; longer records: central 10 s; 8-10 s: zero-padded; "
+            "a missing lead, NaN, a flat lead or < 8 s is an error.",
+        )
+
+    def synth(self, out_dir: Path, n: int, seed: int, dicom: bool = False, variant: str | None = None) -> Path:
+        from pipelines.ecg.synthetic import write_synthetic_ptbxl
+
+        if variant not in (None, "ptbxl"):
+            raise ValueError(f"unknown ecg variant {variant!r}; only ptbxl")
+        return write_synthetic_ptbxl(out_dir, n, seed=seed, dicom=dicom)
+
+    def train(self, options: TrainOptions) -> Path:
+        from pipelines.ecg.train import train
+
+        return train(options)
+
+    def evaluate(self, data_dir: Path, checkpoint: Checkpoint, out_dir: Path, options: PredictOptions) -> dict:
+        from pipelines.ecg.evaluate import evaluate
+
+        return evaluate(data_dir, checkpoint, out_dir, options)
+
+    def collect_inputs(self, inputs: Sequence[str]) -> list[InputItem]:
+        paths: list[Path] = []
+        for p in expand_paths(inputs):
+            if p.is_dir():
+                for f in sorted(p.rglob("*")):
+                    rec = _record_path(f) if f.is_file() else None
+                    if rec is not None:
+                        paths.append(rec)
+            elif p.exists():
+                paths.append(_record_path(p) or p)
+            else:  # a WFDB record given without suffix, or a missing path that prepare() reports
+                paths.append(p.with_suffix(".hea") if p.with_suffix(".hea").is_file() else p)
+        items, seen, names = [], set(), set()
+        for path in paths:
+            if path in seen:
+                continue
+            seen.add(path)
+            name = path.stem if path.suffix else path.name
+            base, k = name, 1
+            while name in names:
+                k += 1
+                name = f"{base}_{k}"
+            names.add(name)
+            items.append(InputItem(name=name, paths={"record": path}))
+        return items
+
+    def load_predictor(self, checkpoint: Checkpoint, options: PredictOptions) -> Predictor:
+        from pipelines.ecg.infer import EcgPredictor
+
+        return EcgPredictor(checkpoint, options)
+
+    def demo_synth_n(self) -> int:
+        return 300
+
+    def demo_inputs(self, data_dir: Path) -> list[str]:
+        from pipelines.ecg.datasets import read_database
+
+        df = read_database(data_dir)
+        test = df[df["strat_fold"] == 10].head(8)
+        return [str(Path(data_dir) / f"{f}.hea") for f in test["filename_lr"]]
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["branches"] = {"rhythm": 16, "morphology": 52, "diffuse": 3}
+        return info
+
+
+register_task(EcgTask())
