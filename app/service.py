@@ -140,6 +140,10 @@ class Service:
             for base in {str(out_dir), str(out_dir.resolve())}:
                 if value.startswith(base + "/"):
                     return file_url(job_id, value[len(base) + 1 :])
+            # a file name relative to the output folder (``{"files": {"segmentation": "case_pred.nii.gz"}}``)
+            if "." in value and len(value) < 256 and not value.startswith(("/", ".")) and ".." not in value:
+                if (out_dir / value).is_file():
+                    return file_url(job_id, value)
         return value
 
     def file_links(self, job_id: str) -> list[dict[str, Any]]:
