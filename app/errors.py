@@ -69,7 +69,11 @@ def install_handlers(app: FastAPI) -> None:
         return error_json(exc.status_code, _CODES.get(exc.status_code, "error"), message, dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        content_type = request.headers.get("content-type", "")
+        if request.method == "POST" and not content_type.lower().startswith("multipart/form-data"):
+            # every POST of the API is an upload: a body of another type is the wrong media type, not a field
+            return error_json(415, "unsupported_type", f"expected a multipart/form-data upload, got {content_type!r}")
         parts = []
         for err in exc.errors():
             loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
