@@ -61,7 +61,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router, prefix=API_PREFIX, dependencies=secured)
 
     app.add_middleware(BodyLimitMiddleware, limit=int(settings.max_upload_mb * 1024 * 1024))
-    app.add_middleware(MetricsMiddleware, metrics=service.metrics, known_tasks=lambda: service.runtimes.keys())
+    app.add_middleware(
+        MetricsMiddleware, metrics=service.metrics, known_tasks=lambda: service.runtimes.keys(), prefix=API_PREFIX
+    )
     if api_keys:
         logger.info("API keys required on %s (%d key(s))", API_PREFIX, len(api_keys))
     return app

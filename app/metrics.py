@@ -94,12 +94,16 @@ class MetricsMiddleware:
         app: the wrapped ASGI app.
         metrics: where to count.
         known_tasks: task names used as label values (anything else is counted as ``other``).
+        prefix: the API prefix, restored on route templates of included routers.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, known_tasks: Callable[[], Iterable[str]]) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, known_tasks: Callable[[], Iterable[str]], prefix: str = ""
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.known_tasks = known_tasks
+        self.prefix = prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -119,6 +123,10 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             route_path = getattr(route, "path", None) or "unmatched"
+            path = str(scope.get("path", ""))
+            if route is not None and self.prefix and path.startswith(self.prefix + "/"):
+                if not route_path.startswith(self.prefix + "/"):
+                    route_path = self.prefix + route_path
             task = str(scope.get("path_params", {}).get("task", "") or scope.get("state", {}).get("task", ""))
             if task and task not in set(self.known_tasks()):
                 task = "other"

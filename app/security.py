@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import ServiceError, error_json
@@ -52,11 +53,12 @@ def require_api_key(request: Request, settings: SettingsDep) -> None:
         raise ServiceError(401, "wrong API key", headers=challenge)
 
 
-class BodyTooLarge(ServiceError):
-    """The request body exceeds ``max_upload_mb``."""
+class BodyTooLarge(StarletteHTTPException):
+    """The request body exceeds ``max_upload_mb`` (an HTTP exception, so body parsing passes it through)."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body exceeds the upload limit of {limit} bytes")
+        self.message = f"request body exceeds the upload limit of {limit} bytes"
+        super().__init__(413, self.message)
 
 
 class BodyLimitMiddleware:
