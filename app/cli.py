@@ -250,18 +250,83 @@ def predict_cmd(
     raise typer.Exit(EXIT_OK if report.ok else EXIT_FAILED)
 
 
+@app.command("serve")
+def serve_cmd(
+    host: Annotated[str | None, typer.Option("--host", help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default 8000).")] = None,
+    checkpoints: Annotated[
+        Path | None, typer.Option("--checkpoints", help="Installed checkpoints folder (default $MEDINFER_CHECKPOINTS).")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Jobs and results (default $MEDINFER_DATA_DIR).")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda[:N].")] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow listening beyond loopback without API keys.")
+    ] = False,
+) -> None:
+    """Serve every task with a checkpoint over HTTP (FastAPI + uvicorn); settings also from MEDINFER_* variables."""
+    from app.settings import Settings
+
+    overrides: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "checkpoints": checkpoints,
+        "data_dir": data_dir,
+        "device": device,
+    }
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+        if insecure:
+            settings = settings.model_copy(update={"insecure": True})
+        settings.check_bind()
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from exc
+    _run_server(settings)
+
+
+def _run_server(settings: Any) -> None:
+    """Start uvicorn in the foreground with the service app."""
+    import uvicorn
+
+    from app.main import create_app
+
+    logging.getLogger("app").setLevel(logging.INFO)
+    typer.echo(f"serving on http://{settings.host}:{settings.port} (docs at /docs; Ctrl-C to stop)", err=True)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+def _curl_example(task: str, item: Any, port: int) -> str:
+    """A curl command predicting on one demo input (files of the same stem travel together, e.g. .hea + .dat)."""
+    files: list[Path] = []
+    for path in item.paths.values():
+        p = Path(path)
+        if p.is_dir():
+            return (
+                f"(cd {p} && zip -qr - .) | curl -s -F 'files=@-;filename={p.name}.zip' "
+                f"http://127.0.0.1:{port}/api/v1/models/{task}/predict"
+            )
+        stem = p.name.split(".")[0]
+        files.extend(sorted(f for f in p.parent.iterdir() if f.is_file() and f.name.split(".")[0] == stem))
+    form = " ".join(f"-F files=@{f}" for f in dict.fromkeys(files))
+    return f"curl -s {form} http://127.0.0.1:{port}/api/v1/models/{task}/predict"
+
+
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Demo folder.")] = Path("demo_output"),
     tasks: Annotated[list[str] | None, typer.Option("--task", help="Only these tasks (repeatable).")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    serve: Annotated[bool, typer.Option("--serve/--no-serve", help="End by serving the demo checkpoints.")] = True,
+    port: Annotated[int, typer.Option("--port", help="Port of the demo service.")] = 8000,
 ) -> None:
-    """Synthetic data, tiny demo checkpoints (installed), and predictions for every task."""
+    """Synthetic data, tiny demo checkpoints (installed), predictions for every task, then the service."""
     from pipelines.common.checkpoint import checkpoints_dir, install_checkpoint, load_checkpoint
     from pipelines.common.predict import run_predictions
     from pipelines.common.task import PredictOptions, TrainOptions, list_tasks
 
     names = tasks or list_tasks()
+    examples: dict[str, Any] = {}  # one input per task, for the service's curl examples
     for name in names:
         t = _task(name)
         typer.echo(f"[{name}] synthetic data")
@@ -274,9 +339,10 @@ def demo_cmd(
         options = PredictOptions(explain=True, overlay=True)
         predictor = t.load_predictor(ckpt, options)
         pred_dir = out / "predictions" / name
-        report = run_predictions(
-            predictor, t.collect_inputs(t.demo_inputs(data)), pred_dir, task=name, continue_on_error=True
-        )
+        items = t.collect_inputs(t.demo_inputs(data))
+        if items:
+            examples[name] = items[0]
+        report = run_predictions(predictor, items, pred_dir, task=name, continue_on_error=True)
         counts = report.to_dict()["counts"]
         typer.echo(f"[{name}] predictions: {counts['ok']} ok, {counts['error']} failed -> {pred_dir}")
     typer.echo("\nWhere to look:")
@@ -285,6 +351,22 @@ def demo_cmd(
     typer.echo(f"  predictions:        {out / 'predictions'} (report.json, masks, overlays)")
     typer.echo(f"  demo checkpoints:   {checkpoints_dir()}")
     typer.echo("Demo checkpoints are trained on synthetic data: not a medical device, not for diagnosis.")
+    _demo_service(examples, port, serve)
+
+
+def _demo_service(examples: dict[str, Any], port: int, serve: bool) -> None:
+    """The demo's last step: how to call the service, then (unless ``--no-serve``) the service itself."""
+    from pipelines.common.checkpoint import checkpoints_dir
+
+    typer.echo("\nThe service (FastAPI; OpenAPI docs at /docs):")
+    typer.echo(f"  medinfer serve --checkpoints {checkpoints_dir()} --port {port}")
+    typer.echo(f"  curl -s http://127.0.0.1:{port}/readyz")
+    for task, item in examples.items():
+        typer.echo(f"  {_curl_example(task, item, port)}")
+    if serve:
+        from app.settings import Settings
+
+        _run_server(Settings(checkpoints=checkpoints_dir(), port=port))
 
 
 def main() -> None:
