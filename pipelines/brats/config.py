@@ -98,22 +98,22 @@ class BratsConfig:
         return cls(**conv)
 
 
-TINY = dict(
-    preset="tiny",
-    depth=3,
-    base_filters=8,
-    dropout=0.1,
-    deep_supervision_levels=2,
-    target_spacing=(3.0, 3.0, 3.0),
-    roi_size=(32, 32, 32),
-    batch_size=2,
-    epochs=30,
-    iterations_per_epoch=None,
-    lr=3e-3,
-    lr_decay=0.97,
-    ds_weights=(1.0, 0.5),
-    sw_batch_size=4,
-)
+TINY = {
+    "preset": "tiny",
+    "depth": 3,
+    "base_filters": 8,
+    "dropout": 0.1,
+    "deep_supervision_levels": 2,
+    "target_spacing": (3.0, 3.0, 3.0),
+    "roi_size": (32, 32, 32),
+    "batch_size": 2,
+    "epochs": 30,
+    "iterations_per_epoch": None,
+    "lr": 3e-3,
+    "lr_decay": 0.97,
+    "ds_weights": (1.0, 0.5),
+    "sw_batch_size": 4,
+}
 
 
 def make_config(preset: str = "full", config_path: Path | None = None, epochs: int | None = None) -> BratsConfig:
@@ -126,7 +126,7 @@ def make_config(preset: str = "full", config_path: Path | None = None, epochs: i
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
     cfg = BratsConfig(**TINY) if preset == "tiny" else BratsConfig()  # type: ignore[arg-type]
     if config_path is not None:
-        overrides = yaml.safe_load(Path(config_path).read_text()) or {}
+        overrides = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {}
         if not isinstance(overrides, dict):
             raise ValueError(f"{config_path}: expected a mapping of config keys")
         cfg = BratsConfig.from_dict({**cfg.to_dict(), **overrides})

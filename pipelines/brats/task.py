@@ -73,7 +73,7 @@ class BratsTask(Task):
             raise ValueError(f"brats variant must be {NAMING_2018} or {NAMING_2023}, got {naming!r}")
         root = synthetic.generate(out_dir, n=n, seed=seed, naming=naming, dicom=dicom)
         marker = {"generator": "medinfer synth brats", "n": n, "seed": seed, "naming": naming, "dicom": dicom}
-        (root / SYNTHETIC_MARKER).write_text(json.dumps(marker, indent=2))
+        (root / SYNTHETIC_MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
         return root
 
     def train(self, options: TrainOptions) -> Path:
@@ -153,7 +153,7 @@ class BratsTask(Task):
             scores = dice_hd95(pred_regions, ref_regions, label.spacing.tolist(), REGIONS)
             rows.append({"case": case[keys.CASE_ID], **scores})
         out_dir.mkdir(parents=True, exist_ok=True)
-        with (out_dir / "cases.csv").open("w", newline="") as fh:
+        with (out_dir / "cases.csv").open("w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)

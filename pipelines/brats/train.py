@@ -182,5 +182,5 @@ def train(options: TrainOptions) -> Path:
         provenance=provenance,
         synthetic=synthetic,
     )
-    (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2), encoding="utf-8")
     return out_dir

@@ -231,5 +231,5 @@ def write_json(obj: Any, path: Path) -> Path:
         raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, default=default))
+    path.write_text(json.dumps(obj, indent=2, default=default), encoding="utf-8")
     return path

@@ -85,5 +85,5 @@ def write_model_card(
         lines += ["## Provenance", *[f"- {k}: {v}" for k, v in provenance.items()], ""]
     lines += ["---", NOT_A_DEVICE, ""]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines), encoding="utf-8")
     return path

@@ -65,8 +65,8 @@ class Report:
 
     def write(self, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / REPORT_JSON).write_text(json.dumps(self.to_dict(), indent=2, default=str))
-        with (out_dir / REPORT_CSV).open("w", newline="") as fh:
+        (out_dir / REPORT_JSON).write_text(json.dumps(self.to_dict(), indent=2, default=str), encoding="utf-8")
+        with (out_dir / REPORT_CSV).open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["input", "status", "outputs", "error", "seconds"])
             for r in self.results:

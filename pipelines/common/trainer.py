@@ -160,5 +160,5 @@ class Trainer:
             "best_value": self.best_value,
             "history": self.history,
         }
-        (self.out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+        (self.out_dir / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         plot_curves(self.history, self.out_dir / "training_curve.png")

@@ -1,0 +1,118 @@
+"""End to end through the CLI: synth → train (tiny) → predict → evaluate; the tiny model really learns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from app.cli import app
+from pipelines.common.checkpoint import installed_checkpoint, load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+
+def test_synth_cli_writes_real_layout(tmp_path: Path) -> None:
+    out = tmp_path / "synth"
+    result = CliRunner().invoke(app, ["synth", "brats", "-o", str(out), "--n", "2", "--seed", "4", "--dicom"])
+    assert result.exit_code == 0, result.output
+    case = out / "BraTS20_Training_04001"
+    for role in ("t1", "t1ce", "t2", "flair", "seg"):
+        assert (case / f"{case.name}_{role}.nii.gz").is_file()
+    assert (
+        len(list((case / "dicom" / "flair").glob("*.dcm"))) == nib.load(str(case / f"{case.name}_t1.nii.gz")).shape[2]
+    )
+    seg = np.asarray(nib.load(str(case / f"{case.name}_seg.nii.gz")).dataobj)
+    assert set(np.unique(seg).tolist()) == {0, 1, 2, 4}
+    v2023 = CliRunner().invoke(
+        app, ["synth", "brats", "-o", str(tmp_path / "s23"), "--n", "1", "--variant", "brats2023"]
+    )
+    assert v2023.exit_code == 0
+    assert list((tmp_path / "s23").glob("*/*-t1c.nii.gz"))
+    assert CliRunner().invoke(app, ["synth", "brats", "-o", str(tmp_path / "x"), "--variant", "v9"]).exit_code == 2
+
+
+def test_run_folder_contents(brats_tiny_run: Path) -> None:
+    for name in ("best.pt", "last.pt", "metrics.json", "training_curve.png", "MODEL_CARD.md", "config.json"):
+        assert (brats_tiny_run / name).is_file(), name
+    ckpt = load_checkpoint(brats_tiny_run)
+    assert ckpt.path == brats_tiny_run / "best.pt"
+    raw = torch.load(brats_tiny_run / "best.pt", weights_only=True)
+    assert set(raw["provenance"]) == {"dataset", "data_card", "seed", "trained_at", "code_version"}
+    assert raw["labels"] == ["WT", "TC", "ET"] and raw["model_name"] == "brats_nested_unet"
+    history = json.loads((brats_tiny_run / "metrics.json").read_text())["history"]
+    assert len(history) == 40 and all({"dice_WT", "dice_TC", "dice_ET"} <= set(h) for h in history)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    card = (brats_tiny_run / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "Not a medical device; not for diagnosis" in card
+    assert "[INF] Multi-level activation" in card and "synthetic" in card
+
+
+def test_tiny_model_learns_and_cli_round_trip(brats_tiny_run: Path, brats_heldout_data: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    cases = sorted(str(p) for p in brats_heldout_data.iterdir() if p.is_dir())
+    pred_dir = tmp_path / "pred"
+    result = runner.invoke(
+        app,
+        ["predict", "brats", *cases, "-o", str(pred_dir), "--checkpoint", str(brats_tiny_run), "--overlay", "--tta"],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((pred_dir / "report.json").read_text())
+    assert report["counts"] == {"ok": 3, "error": 0, "skipped": 0}
+    for r in report["results"]:
+        assert set(r["outputs"]["volumes_ml"]) == {"WT", "TC", "ET"}
+        assert r["outputs"]["volumes_ml"]["WT"] >= r["outputs"]["volumes_ml"]["TC"] >= r["outputs"]["volumes_ml"]["ET"]
+        assert r["outputs"]["volumes_ml"]["WT"] > 5.0
+        assert {"read", "preprocess", "infer", "postprocess", "write"} <= set(r["timings"])
+    csv_lines = (pred_dir / "report.csv").read_text().splitlines()
+    assert csv_lines[0] == "input,status,outputs,error,seconds" and len(csv_lines) == 4
+
+    eval_dir = tmp_path / "eval"
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "brats",
+            "--data",
+            str(brats_heldout_data),
+            "--checkpoint",
+            str(brats_tiny_run),
+            "-o",
+            str(eval_dir),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    metrics = summary["metrics"]
+    assert summary["n_cases"] == 3
+    assert metrics["dice_WT"]["mean"] >= 0.8, metrics["dice_WT"]
+    for region in ("TC", "ET"):
+        assert 0.0 <= metrics[f"dice_{region}"]["mean"] <= 1.0 and "median" in metrics[f"dice_{region}"]
+        assert metrics[f"hd95_{region}"]["n"] == 3
+    rows = (eval_dir / "cases.csv").read_text().splitlines()
+    assert rows[0].startswith("case,dice_WT,hd95_WT") and len(rows) == 4
+    assert len(list((eval_dir / "predictions").glob("*_pred.nii.gz"))) == 3
+
+
+def test_install_then_predict_without_checkpoint_flag(
+    brats_tiny_run: Path, brats_heldout_data: Path, tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    from pipelines.common.checkpoint import install_checkpoint
+
+    install_checkpoint(brats_tiny_run, "brats")
+    assert installed_checkpoint("brats") is not None
+    listing = runner.invoke(app, ["models", "--json"])
+    assert listing.exit_code == 0
+    tasks = {t["task"]: t for t in json.loads(listing.output)["tasks"]}
+    assert tasks["brats"]["checkpoint"] and tasks["brats"]["contract"]["channels"] == ["t1", "t1ce", "t2", "flair"]
+    case = next(p for p in brats_heldout_data.iterdir() if p.is_dir())
+    result = runner.invoke(app, ["predict", "brats", str(case), "-o", str(tmp_path / "p"), "--labels", "brats2023"])
+    assert result.exit_code == 0, result.output
+    seg = np.asarray(nib.load(str(tmp_path / "p" / f"{case.name}_pred.nii.gz")).dataobj)
+    assert set(np.unique(seg).tolist()) <= {0, 1, 2, 3}

@@ -1,0 +1,138 @@
+"""The prediction runner, the trainer loop, the task registry and shared metrics, with analytic models."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pipelines.common.checkpoint import Checkpoint
+from pipelines.common.errors import InputError
+from pipelines.common.metrics import HD95_EMPTY_PENALTY, dice_hd95, summarize
+from pipelines.common.predict import run_predictions
+from pipelines.common.task import InputItem, PredictOptions, Predictor, Prepared, get_task, list_tasks
+from pipelines.common.trainer import Trainer
+
+
+class PlusOne(Predictor):
+    """Reads a number from a text file and adds one; ``bad`` files fail in prepare, 13 fails in finish."""
+
+    def __init__(self, max_batch: int) -> None:  # no checkpoint needed for an analytic model
+        self.max_batch = max_batch
+        self.options = PredictOptions()
+        self.checkpoint = Checkpoint("toy", "toy", {}, {}, [])
+        self.batches: list[int] = []
+
+    def prepare(self, item: InputItem) -> Prepared:
+        path = item.paths["x"]
+        try:
+            return Prepared(item, float(path.read_text(encoding="utf-8")))
+        except ValueError as exc:
+            raise InputError(path, "is not a number") from exc
+
+    def run(self, batch: Sequence[Prepared]) -> list[Any]:
+        self.batches.append(len(batch))
+        return (torch.tensor([p.data for p in batch]) + 1).tolist()
+
+    def finish(self, prepared: Prepared, raw: Any, out_dir: Path) -> dict[str, Any]:
+        if raw == 14:
+            raise InputError(prepared.item.paths["x"], "unlucky")
+        return {"y": raw}
+
+
+def _items(tmp_path: Path, values: list[str]) -> list[InputItem]:
+    items = []
+    for i, v in enumerate(values):
+        p = tmp_path / f"in{i}.txt"
+        p.write_text(v, encoding="utf-8")
+        items.append(InputItem(p.stem, {"x": p}))
+    return items
+
+
+def test_runner_batches_and_reports(tmp_path: Path) -> None:
+    predictor = PlusOne(max_batch=3)
+    items = _items(tmp_path, ["1", "2", "bad", "4", "13", "6", "7"])
+    report = run_predictions(predictor, items, tmp_path / "out", task="toy", continue_on_error=True)
+    assert predictor.batches == [2, 3, 1]  # the bad one never reaches run; batches of at most 3
+    statuses = [r.status for r in report.results]
+    assert statuses == ["ok", "ok", "error", "ok", "error", "ok", "ok"]
+    assert [r.outputs.get("y") for r in report.results] == [2, 3, None, 5, None, 7, 8]
+    data = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    assert data["counts"] == {"ok": 5, "error": 2, "skipped": 0}
+    assert "in2.txt: is not a number" in data["results"][2]["error"]
+    assert "unlucky" in data["results"][4]["error"]
+    assert not report.ok
+
+
+def test_runner_stops_without_continue(tmp_path: Path) -> None:
+    report = run_predictions(PlusOne(max_batch=1), _items(tmp_path, ["1", "x", "3"]), tmp_path / "o", task="toy")
+    assert [r.status for r in report.results] == ["ok", "error", "skipped"]
+
+
+def test_trainer_learns_a_line_and_checkpoints(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    x = torch.linspace(-1, 1, 64).unsqueeze(1)
+    loader = [(x, 3 * x + 1)]
+    saved: list[tuple[str, int]] = []
+
+    class LineTrainer(Trainer):
+        def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any]:
+            return torch.optim.SGD(self.model.parameters(), lr=0.3), None
+
+        def train_step(self, batch: Any) -> torch.Tensor:
+            return nn.functional.mse_loss(self.model(batch[0]), batch[1])
+
+        def validate(self, val_data: Any) -> dict[str, float]:
+            return {"mse": float(nn.functional.mse_loss(self.model(x), 3 * x + 1))}
+
+    trainer = LineTrainer(
+        nn.Linear(1, 1), device="cpu", epochs=60, out_dir=tmp_path, monitor="mse", mode="min",
+        save_fn=lambda kind, epoch, m: saved.append((kind, epoch)),
+    )  # fmt: skip
+    history = trainer.fit(loader, val_data=True)
+    assert history[-1]["mse"] < 1e-3
+    assert trainer.model.weight.item() == pytest.approx(3.0, abs=0.05)
+    assert ("last", 60) in saved and trainer.best_epoch == max(e for k, e in saved if k == "best")
+    summary = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    assert summary["best_epoch"] == trainer.best_epoch and len(summary["history"]) == 60
+    assert (tmp_path / "training_curve.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="epochs"):
+        LineTrainer(nn.Linear(1, 1), device="cpu", epochs=0, out_dir=tmp_path, monitor="mse")
+
+
+def test_task_registry_discovers_and_suggests() -> None:
+    assert "brats" in list_tasks()
+    assert get_task("brats").contract.channels == ("t1", "t1ce", "t2", "flair")
+    with pytest.raises(ValueError, match="did you mean brats"):
+        get_task("bratz")
+
+
+def test_dice_hd95_closed_forms() -> None:
+    ref = np.zeros((2, 20, 20, 20), bool)
+    ref[:, 5:15, 5:15, 5:15] = True
+    shifted = np.roll(ref, 1, axis=1)  # one voxel along x
+    out = dice_hd95(shifted, ref, spacing=(2.0, 1.0, 1.0), region_names=("a", "b"))
+    assert out["dice_a"] == pytest.approx(2 * 900 / 2000)  # overlap 9×10×10 of two 1000-voxel cubes
+    assert out["hd95_a"] == pytest.approx(2.0)  # one voxel of 2 mm
+    empty = np.zeros((2, 4, 4, 4), bool)
+    one = empty.copy()
+    one[1, 1, 1, 1] = True
+    both_empty = dice_hd95(empty, empty, (1, 1, 1), ("x", "y"))
+    assert both_empty == {"dice_x": 1.0, "hd95_x": 0.0, "dice_y": 1.0, "hd95_y": 0.0}
+    one_empty = dice_hd95(empty, one, (1, 1, 1), ("x", "y"))
+    assert one_empty["dice_y"] == 0.0 and one_empty["hd95_y"] == HD95_EMPTY_PENALTY
+    with pytest.raises(ValueError, match="differs"):
+        dice_hd95(empty, empty[:, :2], (1, 1, 1), ("x", "y"))
+
+
+def test_summarize_skips_non_finite() -> None:
+    s = summarize([1.0, 2.0, 3.0, float("nan")])
+    assert s["mean"] == 2.0 and s["median"] == 2.0 and s["n"] == 3
+    assert math.isnan(summarize([])["mean"])
