@@ -45,7 +45,9 @@ def test_shapes_per_branch_and_fusion(tiny: ProtoECGNet) -> None:
     with torch.no_grad():
         out = tiny(x)
         assert isinstance(out, ProtoOutput)
-        assert out.logits.shape == (3, 71) and out.branch_logits.shape == (3, 71)
+        assert (
+            out.logits.shape == (3, 71) and out.branch_logits.shape == (3, 71) and out.feature_logits.shape == (3, 71)
+        )
         assert out.similarities.shape == (3, tiny.num_prototypes)
         for name, c in (("rhythm", 16), ("morphology", 52), ("diffuse", 3)):
             b = tiny.branch(name)
@@ -55,6 +57,7 @@ def test_shapes_per_branch_and_fusion(tiny: ProtoECGNet) -> None:
             assert b.window_similarities(b.latent(x)).shape == (3, c * 2, nw)
             # the branch logits sit at the branch's label positions
             torch.testing.assert_close(out.branch_logits[:, tiny.branch_index(name)], logits)
+            torch.testing.assert_close(out.feature_logits[:, tiny.branch_index(name)], b.feature_logits(x))
         assert tiny.branch("morphology").latent(x).shape == (3, 32, 1, 32)
         assert torch.isfinite(out.logits).all()
 
