@@ -9,14 +9,12 @@ import stat
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import ServiceError, error_json
-from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -24,16 +22,7 @@ ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _SAFE_CHARS = re.compile(r"[^A-Za-z0-9._+=-]")
 
 
-def get_app_settings(request: Request) -> Settings:
-    """The settings the running app was created with."""
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-
-
-def require_api_key(request: Request, settings: SettingsDep) -> None:
+def require_api_key(request: Request) -> None:
     """Dependency: when keys are configured, require ``Authorization: Bearer <key>``.
 
     Raises:

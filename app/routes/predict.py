@@ -70,7 +70,6 @@ def overrides(sampling_rate: float | None) -> dict[str, Any]:
     response_model=PredictResponse,
     summary="Predict on uploaded files",
     responses=RESPONSES,
-    openapi_extra={"x-batched": True},
 )
 async def predict(
     task: str,
