@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from models import create_model
 from pipelines.brats.config import make_config
 from pipelines.brats.synthetic import make_case
-from pipelines.common.checkpoint import Checkpoint, make_provenance, save_checkpoint
+from pipelines.brats.train import untrained_checkpoint
+from pipelines.common.checkpoint import save_checkpoint
 
 SHAPE = (240, 240, 155)
 
@@ -57,20 +57,9 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="brats_bench_"))
     case = write_case(work / "data")
     cfg = make_config("full")
-    torch.manual_seed(0)
-    model = create_model(cfg.model_name, **cfg.model_kwargs)
-    ckpt_path = save_checkpoint(
-        Checkpoint(
-            task="brats",
-            model_name=cfg.model_name,
-            model_kwargs=cfg.model_kwargs,
-            state_dict=model.state_dict(),
-            labels=["WT", "TC", "ET"],
-            config=cfg.to_dict(),
-            provenance=make_provenance("benchmark", "synthetic.md", 0),
-        ),
-        work / "full.pt",
-    )
+    ckpt = untrained_checkpoint(cfg)
+    model = ckpt.build_model()
+    ckpt_path = save_checkpoint(ckpt, work / "full.pt")
 
     runs = []
     for i in range(args.repeats):

@@ -62,20 +62,9 @@ def brats_tiny_run(brats_train_data: Path, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="session")
 def brats_random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny brats checkpoint: enough for geometry and I/O tests."""
-    from models import create_model
     from pipelines.brats.config import make_config
-    from pipelines.common.checkpoint import Checkpoint, make_provenance, save_checkpoint
+    from pipelines.brats.train import untrained_checkpoint
+    from pipelines.common.checkpoint import save_checkpoint
 
-    torch.manual_seed(0)
-    cfg = make_config("tiny")
-    model = create_model(cfg.model_name, **cfg.model_kwargs)
-    ckpt = Checkpoint(
-        task="brats",
-        model_name=cfg.model_name,
-        model_kwargs=cfg.model_kwargs,
-        state_dict=model.state_dict(),
-        labels=["WT", "TC", "ET"],
-        config=cfg.to_dict(),
-        provenance=make_provenance("none", "synthetic.md", 0),
-    )
+    ckpt = untrained_checkpoint(make_config("tiny"))
     return save_checkpoint(ckpt, tmp_path_factory.mktemp("brats_random") / "random.pt")

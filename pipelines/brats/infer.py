@@ -80,7 +80,8 @@ class BratsPredictor(Predictor):
         data = self.preprocess(stack_case(vols))
         t2 = time.perf_counter()
         convention = self.options.labels or naming_of(item.paths)
-        context = {"ref": vols[MODALITIES[0]], "flair": vols["flair"], "convention": convention}
+        brain = np.any([v.array != 0 for v in vols.values()], axis=0)
+        context = {"ref": vols[MODALITIES[0]], "flair": vols["flair"], "convention": convention, "brain": brain}
         return Prepared(item, data[keys.IMAGE], context, {"read": t1 - t0, "preprocess": t2 - t1})
 
     def run(self, batch: Sequence[Prepared]) -> list[torch.Tensor]:
@@ -130,6 +131,7 @@ class BratsPredictor(Predictor):
         if restored.shape[1:] != ref.shape:
             raise RuntimeError(f"inverted shape {restored.shape[1:]} differs from the input's {ref.shape}")
         levels = self.head.decode(torch.from_numpy(restored)[None])[0].numpy().astype(np.uint8)
+        levels[~prepared.context["brain"]] = 0  # no tumour outside the skull-stripped brain
         return levels, restored
 
     def write_outputs(self, prepared: Prepared, levels: np.ndarray, maps: np.ndarray, out_dir: Path) -> dict[str, Any]:

@@ -52,6 +52,19 @@ def levels_to_regions(levels: torch.Tensor) -> torch.Tensor:
     return torch.stack([levels >= 1, levels >= 2, levels >= 3], dim=1).float()
 
 
+def mask_outside_brain(levels: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Zero the levels where every input channel is 0 (outside the skull-stripped brain).
+
+    BraTS images are skull-stripped with an exact-zero background; no tumour can lie there, and a network with
+    instance normalisation is unreliable on windows that are nearly all background.
+
+    Args:
+        levels: (B, ...) levels.
+        image: (B, C, ...) input intensities on the same grid.
+    """
+    return torch.where((image != 0).any(dim=1), levels, torch.zeros_like(levels))
+
+
 def ideal_logit(levels: torch.Tensor, beta: float, thresholds: Sequence[float]) -> torch.Tensor:
     """A logit z that decodes to ``levels``: the midpoints between thresholds (and beyond the ends)."""
     t = list(thresholds)

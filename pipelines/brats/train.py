@@ -17,7 +17,7 @@ from models import get_model_spec
 from models.nested_unet import NestedUNet
 from pipelines.brats.config import BratsConfig, make_config
 from pipelines.brats.datasets import discover_cases, split_cases
-from pipelines.brats.losses import REGIONS, DeepSupervisionLoss, Head, levels_to_regions
+from pipelines.brats.losses import REGIONS, DeepSupervisionLoss, Head, levels_to_regions, mask_outside_brain
 from pipelines.brats.transforms import MODALITIES, eval_transforms, train_transforms
 from pipelines.common import keys
 from pipelines.common.checkpoint import BEST_NAME, LAST_NAME, Checkpoint, make_provenance, save_checkpoint
@@ -70,7 +70,7 @@ class BratsTrainer(Trainer):
             image = torch.as_tensor(item[keys.IMAGE])[None].to(self.device)
             with self.autocast():
                 logits = self.inferer(image, self.model)
-            levels = self.head.decode(self.head.maps(logits.float()))
+            levels = mask_outside_brain(self.head.decode(self.head.maps(logits.float())), image)
             pred = levels_to_regions(levels).cpu()
             ref = torch.as_tensor(item[keys.LABEL])[None].float()
             scores.append(compute_dice(pred, ref, include_background=True, ignore_empty=False)[0])
@@ -78,6 +78,43 @@ class BratsTrainer(Trainer):
         out = {f"dice_{r}": float(mean[i]) for i, r in enumerate(REGIONS)}
         out["dice_mean"] = float(mean.mean())
         return out
+
+
+def make_checkpoint(
+    cfg: BratsConfig,
+    model: NestedUNet,
+    provenance: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Checkpoint:
+    """A brats checkpoint of ``model`` trained (or not) with ``cfg``."""
+    preprocessing = {
+        "channels": list(MODALITIES),
+        "orientation": "RAS",
+        "target_spacing_mm": list(cfg.target_spacing) if cfg.target_spacing else None,
+        "crop": "foreground (nonzero in any channel)",
+        "normalization": "per-channel z-score inside the nonzero brain mask",
+        "roi_size": list(cfg.roi_size),
+    }
+    return Checkpoint(
+        task="brats",
+        model_name=cfg.model_name,
+        model_kwargs=cfg.model_kwargs,
+        state_dict=model.state_dict(),
+        labels=list(REGIONS),
+        config=cfg.to_dict(),
+        preprocessing=preprocessing,
+        metrics=metrics or {},
+        provenance=provenance,
+        extra=extra or {},
+    )
+
+
+def untrained_checkpoint(cfg: BratsConfig, seed: int = 0) -> Checkpoint:
+    """A randomly initialised checkpoint, for speed benchmarks and geometry tests (never for predictions)."""
+    torch.manual_seed(seed)
+    model = NestedUNet(**cfg.model_kwargs)
+    return make_checkpoint(cfg, model, make_provenance("untrained", "synthetic.md", seed), extra={"untrained": True})
 
 
 def is_synthetic(data_dir: Path) -> bool:
@@ -116,28 +153,10 @@ def train(options: TrainOptions) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = get_model_spec(cfg.model_name)
     provenance = make_provenance(str(Path(options.data_dir).name), spec.data_card, options.seed)
-    preprocessing = {
-        "channels": list(MODALITIES),
-        "orientation": "RAS",
-        "target_spacing_mm": list(cfg.target_spacing) if cfg.target_spacing else None,
-        "crop": "foreground (nonzero in any channel)",
-        "normalization": "per-channel z-score inside the nonzero brain mask",
-        "roi_size": list(cfg.roi_size),
-    }
 
     def save(kind: str, epoch: int, metrics: dict[str, float]) -> None:
-        ckpt = Checkpoint(
-            task="brats",
-            model_name=cfg.model_name,
-            model_kwargs=cfg.model_kwargs,
-            state_dict=model.state_dict(),
-            labels=list(REGIONS),
-            config=cfg.to_dict(),
-            preprocessing=preprocessing,
-            metrics={"epoch": epoch, **metrics},
-            provenance=provenance,
-            extra={"synthetic": is_synthetic(options.data_dir), "train_cases": len(train_cases)},
-        )
+        extra = {"synthetic": is_synthetic(options.data_dir), "train_cases": len(train_cases)}
+        ckpt = make_checkpoint(cfg, model, provenance, metrics={"epoch": epoch, **metrics}, extra=extra)
         save_checkpoint(ckpt, out_dir / (BEST_NAME if kind == "best" else LAST_NAME))
 
     trainer = BratsTrainer(

@@ -168,3 +168,14 @@ def test_random_checkpoint_fixture_is_a_brats_checkpoint(brats_random_checkpoint
     ckpt = load_checkpoint(brats_random_checkpoint)
     assert ckpt.task == "brats" and make_config("tiny").roi_size == tuple(ckpt.config["roi_size"])
     assert make_provenance("x", "y", 1)["seed"] == 1
+
+
+def test_mirror_tta_makes_symmetric_inputs_give_symmetric_maps(brats_random_checkpoint: Path) -> None:
+    """TTA averages all 8 mirrorings, so an input symmetric under a flip gets maps symmetric under it."""
+    torch.manual_seed(0)
+    a = torch.randn(4, 32, 32, 32)
+    x = (a + torch.flip(a, (1,))) / 2  # symmetric along the first spatial axis; one window of 32³
+    plain = _predictor(brats_random_checkpoint).infer_maps(x)
+    tta = _predictor(brats_random_checkpoint, tta=True).infer_maps(x)
+    assert not torch.allclose(plain, torch.flip(plain, (1,)), atol=1e-4), "a random network is not symmetric"
+    assert torch.allclose(tta, torch.flip(tta, (1,)), atol=1e-5)

@@ -59,7 +59,7 @@ def test_tiny_model_learns_and_cli_round_trip(brats_tiny_run: Path, brats_heldou
     pred_dir = tmp_path / "pred"
     result = runner.invoke(
         app,
-        ["predict", "brats", *cases, "-o", str(pred_dir), "--checkpoint", str(brats_tiny_run), "--overlay", "--tta"],
+        ["predict", "brats", *cases, "-o", str(pred_dir), "--checkpoint", str(brats_tiny_run), "--overlay"],
     )
     assert result.exit_code == 0, result.output
     report = json.loads((pred_dir / "report.json").read_text())

@@ -15,6 +15,7 @@ from pipelines.brats.losses import (
     ideal_logit,
     level_logits,
     levels_to_regions,
+    mask_outside_brain,
     multilevel_activation,
     regions_to_levels,
 )
@@ -119,3 +120,12 @@ def test_deep_supervision_weights_and_downsampling() -> None:
     assert torch.allclose(loss(full, [aux], regions), expected)
     with pytest.raises(ValueError):
         DeepSupervisionLoss(head, [])
+
+
+def test_mask_outside_brain() -> None:
+    image = torch.zeros(1, 4, 3, 3, 3)
+    image[0, 2, 1, 1, 1] = -0.5  # one channel nonzero is enough (z-scored intensities can be negative)
+    image[0, 0, 0, 0, 0] = 2.0
+    levels = torch.full((1, 3, 3, 3), 3)
+    masked = mask_outside_brain(levels, image)
+    assert masked.sum() == 6 and masked[0, 1, 1, 1] == 3 and masked[0, 0, 0, 0] == 3
