@@ -136,3 +136,8 @@ def test_summarize_skips_non_finite() -> None:
     s = summarize([1.0, 2.0, 3.0, float("nan")])
     assert s["mean"] == 2.0 and s["median"] == 2.0 and s["n"] == 3
     assert math.isnan(summarize([])["mean"])
+
+
+def test_amp_only_on_cuda(tmp_path: Path) -> None:
+    trainer = Trainer(nn.Linear(1, 1), device="cpu", epochs=1, out_dir=tmp_path, monitor="x", amp=True)
+    assert trainer.use_amp is False and not trainer.scaler.is_enabled()
