@@ -202,24 +202,25 @@ class Service:
             if all(o.failure == "input" for o in failures):
                 raise ServiceError(400, "; ".join(o.result.error or "" for o in failures))
             raise ServiceError(500, "inference failed", "internal")
-        results = self._results(list(outcomes), out_dir, job_id)
+        return await run_in_threadpool(self._store_prediction, task, rt.version, job_id, list(outcomes))
+
+    def _store_prediction(self, task: str, version: str, job_id: str, outcomes: list[Outcome]) -> dict[str, Any]:
+        """Link the written files, write the report and keep them as a finished record (worker thread)."""
+        store = self.job_store()
+        out_dir = store.output_dir(job_id)
+        results = self._results(outcomes, out_dir, job_id)
         files_written = any(out_dir.rglob("*"))
         if files_written:
-            Report(task=task, checkpoint=rt.version, results=[o.result for o in outcomes]).write(out_dir)
+            Report(task=task, checkpoint=version, results=[o.result for o in outcomes]).write(out_dir)
             store.create(
-                job_id,
-                task,
-                kind="predict",
-                state="succeeded",
-                checkpoint_version=rt.version,
-                result={"results": results},
+                job_id, task, kind="predict", state="succeeded", checkpoint_version=version, result={"results": results}
             )
         else:
             remove_tree(store.job_dir(job_id))
         return {
             "id": job_id,
             "task": task,
-            "checkpoint_version": rt.version,
+            "checkpoint_version": version,
             "results": results,
             "files": self.file_links(job_id) if files_written else [],
         }

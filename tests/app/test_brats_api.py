@@ -54,6 +54,7 @@ def test_models_lists_brats(brats_client: TestClient) -> None:
     assert info["labels"] == ["WT", "TC", "ET"]
     assert info["max_batch_size"] == 1  # one volume at a time; batching happens in the sliding window
     assert "not a medical device" in (info["model_card"] or "").lower()
+    assert info["data_card"]["name"] == "brats.md" and info["data_card"]["text"]
 
 
 def test_four_files_give_a_mask_in_the_input_grid(brats_client: TestClient, case_dir: Path) -> None:
