@@ -280,6 +280,9 @@ def serve_cmd(
         if insecure:
             settings = settings.model_copy(update={"insecure": True})
         settings.check_bind()
+        from app.runtime import discover_models
+
+        discover_models(settings)  # an unknown task in MEDINFER_TASKS is a usage error, not a crash at startup
     except ValueError as exc:
         raise _usage_error(str(exc)) from exc
     _run_server(settings)

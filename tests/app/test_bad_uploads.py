@@ -155,10 +155,10 @@ def test_server_healthy_after_the_whole_corpus(client: TestClient, settings: Any
 # -- real tasks ------------------------------------------------------------------------------------------
 
 
-def nifti_bytes(shape: tuple[int, ...] = (8, 8, 8), huge: bool = False) -> bytes:
+def nifti_bytes(shape: tuple[int, ...] = (8, 8, 8), huge: bool = False, fill: float = 0.0) -> bytes:
     import nibabel as nib
 
-    img = nib.Nifti1Image(np.zeros(shape, dtype=np.float32), np.eye(4))
+    img = nib.Nifti1Image(np.full(shape, fill, dtype=np.float32), np.eye(4))
     raw = bytearray(img.to_bytes())
     if huge:  # header claims 30000^3 voxels; the data is tiny
         raw[40:56] = struct.pack("<8h", 3, 30000, 30000, 30000, 1, 1, 1, 1)
@@ -207,6 +207,14 @@ BRATS: list[Bad] = [
     ),
     Bad("brats-dicom-without-pixel-data", one("nopix.zip", dicom_no_pixels()), 400, ()),
     Bad("brats-unnamed-nifti", one("scan.nii.gz", nifti_bytes()), 400, ("scan.nii.gz",)),
+    Bad(
+        "brats-mismatched-shapes",
+        lambda: brats_case(lambda r: nifti_bytes((8, 8, 8) if r != "t2" else (9, 8, 8))),
+        400,
+        (),
+    ),
+    Bad("brats-one-voxel", lambda: brats_case(lambda r: nifti_bytes((1, 1, 1))), 400, ()),
+    Bad("brats-nifti-with-nan", lambda: brats_case(lambda r: nifti_bytes(fill=float("nan"))), 400, ()),
 ]
 
 

@@ -121,3 +121,10 @@ def test_serve_refuses_beyond_loopback_without_keys(monkeypatch: pytest.MonkeyPa
     result = CliRunner().invoke(cli, ["serve", "--host", "0.0.0.0"])
     assert result.exit_code == 2
     assert "refusing to listen on 0.0.0.0" in result.output
+
+
+def test_serve_rejects_an_unknown_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDINFER_TASKS", "nosuchtask")
+    result = CliRunner().invoke(cli, ["serve"])
+    assert result.exit_code == 2
+    assert "unknown task 'nosuchtask'" in result.output
