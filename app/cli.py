@@ -294,6 +294,10 @@ def _run_server(settings: Any) -> None:
 
     from app.main import create_app
 
+    try:
+        settings.check_bind()
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from exc
     logging.getLogger("app").setLevel(logging.INFO)
     typer.echo(f"serving on http://{settings.host}:{settings.port} (docs at /docs; Ctrl-C to stop)", err=True)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
