@@ -17,6 +17,14 @@ import serve_testkit  # noqa: E402
 from serve_testkit import started_client  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _analytic_task() -> Iterator[None]:
+    """The test-only ``addone`` task is registered while a service test module runs, and only then."""
+    serve_testkit.register()
+    yield
+    serve_testkit.unregister()
+
+
 @pytest.fixture(scope="session")
 def checkpoints_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Installed checkpoints: the analytic task's (real tasks' tests add theirs to their own folders)."""

@@ -3,7 +3,9 @@
 Inputs are ``.npy`` vectors or ``.csv`` number lists (CSV needs a ``sampling_rate``, like a signal without a
 header). ``finish`` writes the output as ``<name>_out.npy`` (standing in for a mask) and, when explained, a
 ``<name>_explanation.json``. A vector whose first value is 13 passes ``prepare`` but makes ``run`` raise,
-to test that a bad neighbour does not fail its batch. ``MEDINFER_TEST_DELAY_S`` slows each batch down.
+to test that a bad neighbour does not fail its batch. ``register()`` adds the task to the registries while the
+service tests run and ``unregister()`` removes it, so other suites' batteries over every model never see it.
+``MEDINFER_TEST_DELAY_S`` slows each batch down.
 """
 
 from __future__ import annotations
@@ -65,7 +67,6 @@ SPEC = ModelSpec(
 )
 
 
-@register_model(MODEL, SPEC)
 def addone_plus() -> nn.Module:
     return PlusOne()
 
@@ -216,4 +217,19 @@ def started_client(settings: Settings, *, wait_ready: bool = True, headers: dict
     return client
 
 
-register_task(AddOneTask())
+_TASK = AddOneTask()
+
+
+def register() -> None:
+    """Register the analytic model and task (idempotent)."""
+    register_model(MODEL, SPEC)(addone_plus)
+    register_task(_TASK)
+
+
+def unregister() -> None:
+    """Remove them again, so that other suites' batteries over every model and task never see them."""
+    from models import registry as model_registry
+    from pipelines.common import task as task_registry
+
+    model_registry._REGISTRY.pop(MODEL, None)
+    task_registry._TASKS.pop(TASK, None)

@@ -21,7 +21,10 @@ from app.cli import app as cli
 
 KIT = str(Path(serve_testkit.__file__).resolve().parent)
 # the analytic task lives in the tests: register it, then run the real CLI entry point
-LAUNCH = f"import sys; sys.path.insert(0, {KIT!r}); import serve_testkit; from app.cli import main; main()"
+LAUNCH = (
+    f"import sys; sys.path.insert(0, {KIT!r}); import serve_testkit; serve_testkit.register(); "
+    "from app.cli import main; main()"
+)
 
 
 def free_port() -> int:
