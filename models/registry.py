@@ -19,7 +19,7 @@ __all__ = ["ModelSpec", "register_model", "create_model", "list_models", "get_mo
 
 # Modules that define registered models. Listed here (not discovered from strings at run time) so that
 # ``create_model`` can import them lazily: nothing heavy happens at ``import models``.
-_MODEL_MODULES: tuple[str, ...] = ("models.nested_unet",)
+_MODEL_MODULES: tuple[str, ...] = ("models.nested_unet", "models.protoecgnet")
 
 
 @dataclass(frozen=True)
