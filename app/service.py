@@ -188,9 +188,18 @@ class Service:
                     " (submit a job for more)",
                 )
             out_dir.mkdir(parents=True)
-            outcomes = await asyncio.gather(
-                *(rt.predict_item(it, out_dir, upload_dir, overrides, wait_for_slot=False) for it in items)
-            )
+            tasks = [
+                asyncio.ensure_future(rt.predict_item(it, out_dir, upload_dir, overrides, wait_for_slot=False))
+                for it in items
+            ]
+            try:
+                outcomes = await asyncio.gather(*tasks)
+            except BaseException:
+                # a full queue (or a disconnect) for one input ends the request: stop its other inputs too
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
         except BaseException:
             remove_tree(store.job_dir(job_id))
             raise

@@ -102,3 +102,17 @@ def test_metrics_exposition(client: TestClient) -> None:
         'medinfer_item_failures_total{reason="input",task="addone"} 1.0',
     ):
         assert needle in text, needle
+
+
+def test_a_request_larger_than_the_queue_is_refused_whole(
+    start_client: Callable[..., TestClient], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDINFER_TEST_DELAY_S", "0.2")
+    client = start_client(settings.model_copy(update={"max_queue": 1, "max_batch_size": 1}))
+    files = [("files", (f"v{i}.npy", npy_bytes([i]))) for i in range(5)]
+    r = client.post(PREDICT, files=files)
+    assert r.status_code == 503 and "Retry-After" in r.headers
+    batcher = client.app.state.service.runtimes["addone"].batcher  # type: ignore[attr-defined]
+    assert batcher.queued == 0  # its other inputs left the queue with it
+    monkeypatch.setenv("MEDINFER_TEST_DELAY_S", "0")
+    assert client.post(PREDICT, files=files[:1]).status_code == 200
