@@ -14,14 +14,16 @@ SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
-class _JobsCollector(Collector):
-    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
-        self._counts = counts
+class _GaugeCollector(Collector):
+    """A gauge read at scrape time from a callable returning ``{label value: number}``."""
+
+    def __init__(self, name: str, doc: str, label: str, values: Callable[[], dict[str, int]]) -> None:
+        self._name, self._doc, self._label, self._values = name, doc, label, values
 
     def collect(self) -> Iterable[Metric]:
-        family = GaugeMetricFamily("medinfer_jobs", "Jobs by state.", labels=["state"])
-        for state, n in sorted(self._counts().items()):
-            family.add_metric([state], n)
+        family = GaugeMetricFamily(self._name, self._doc, labels=[self._label])
+        for key, n in sorted(self._values().items()):
+            family.add_metric([key], n)
         yield family
 
 
@@ -30,9 +32,14 @@ class Metrics:
 
     Args:
         job_counts: returns the number of jobs in each state, read at scrape time.
+        queue_depths: returns the number of requests waiting per task, read at scrape time.
     """
 
-    def __init__(self, job_counts: Callable[[], dict[str, int]] | None = None) -> None:
+    def __init__(
+        self,
+        job_counts: Callable[[], dict[str, int]] | None = None,
+        queue_depths: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "medinfer_requests",
@@ -77,7 +84,11 @@ class Metrics:
             registry=self.registry,
         )
         if job_counts is not None:
-            self.registry.register(_JobsCollector(job_counts))
+            self.registry.register(_GaugeCollector("medinfer_jobs", "Jobs by state.", "state", job_counts))
+        if queue_depths is not None:
+            self.registry.register(
+                _GaugeCollector("medinfer_queue_depth", "Requests waiting for a batch.", "task", queue_depths)
+            )
 
     def observe_batch(self, task: str, compute_s: float, batch_size: int, queue_times: list[float]) -> None:
         """Record one batch."""

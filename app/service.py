@@ -43,13 +43,16 @@ class Service:
         self.tmp_dir = self.data_dir / "tmp"
         self.threads = DeviceThreads()
         self.store: JobStore | None = None
-        self.metrics = Metrics(job_counts=self._job_counts)
+        self.metrics = Metrics(job_counts=self._job_counts, queue_depths=self._queue_depths)
         self.runtimes: dict[str, ModelRuntime] = {}
         self.worker: JobWorker | None = None
         self._loading: list[asyncio.Task[None]] = []
 
     def _job_counts(self) -> dict[str, int]:
         return self.store.counts() if self.store is not None else {}
+
+    def _queue_depths(self) -> dict[str, int]:
+        return {name: rt.batcher.queued for name, rt in self.runtimes.items() if rt.batcher is not None}
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def startup(self) -> None:

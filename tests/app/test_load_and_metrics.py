@@ -99,6 +99,7 @@ def test_metrics_exposition(client: TestClient) -> None:
         'medinfer_compute_seconds_count{task="addone"} ',
         'medinfer_batch_size_bucket{le="1.0",task="addone"}',
         'medinfer_jobs{state="queued"} 0.0',
+        'medinfer_queue_depth{task="addone"} 0.0',
         'medinfer_item_failures_total{reason="input",task="addone"} 1.0',
     ):
         assert needle in text, needle

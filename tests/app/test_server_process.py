@@ -40,6 +40,7 @@ class Server:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "MEDINFER_TASKS": "addone", "MEDINFER_TEST_DELAY_S": str(delay_s)}
+        env.update({"MEDINFER_MAX_QUEUE": "1", "MEDINFER_MAX_BATCH_SIZE": "1"})
         env.pop("MEDINFER_API_KEYS", None)
         self.log = log.open("ab")
         self.proc = subprocess.Popen(
@@ -82,15 +83,42 @@ class Server:
         self.log.close()
 
 
+def assert_disconnect_frees_the_slot(server: Server) -> None:
+    """With one batch running and the one queue slot taken by a client that gives up, a new request gets in."""
+    import threading
+
+    url = server.base + "/api/v1/models/addone/predict"
+    results: dict[str, Any] = {}
+
+    def running() -> None:
+        results["running"] = httpx.post(url, files={"files": ("r.npy", npy_bytes([1]))}, timeout=30).status_code
+
+    t = threading.Thread(target=running)
+    t.start()
+    time.sleep(0.4)  # now in the device thread
+    with pytest.raises(httpx.ReadTimeout):  # queued, then the client hangs up
+        httpx.post(url, files={"files": ("q.npy", npy_bytes([2]))}, timeout=0.4)
+    while 'medinfer_queue_depth{task="addone"} 0.0' not in server.get("/metrics").text:
+        # freed while the first batch still runs: it did not just move on to the device
+        assert "running" not in results, "the disconnected request kept its queue slot"
+        time.sleep(0.05)
+    assert "running" not in results
+    late = server.post("/api/v1/models/addone/predict", files={"files": ("l.npy", npy_bytes([3]))})
+    assert late.status_code == 200, late.text
+    t.join(30)
+    assert results["running"] == 200
+
+
 @pytest.mark.slow
 def test_sigkill_mid_job_loses_no_job(checkpoints_dir: Path, tmp_path: Path) -> None:
     data_dir, log = tmp_path / "data", tmp_path / "server.log"
-    server = Server(checkpoints_dir, data_dir, log, delay_s=1.5)
+    server = Server(checkpoints_dir, data_dir, log, delay_s=3.0)
     try:
         server.wait_ready()
         r = server.post("/api/v1/models/addone/predict", files={"files": ("a.npy", npy_bytes([1, 2]))})
         assert r.status_code == 200, r.text
         assert r.json()["results"][0]["outputs"]["values"] == [2.0, 3.0]
+        assert_disconnect_frees_the_slot(server)
         r = server.post("/api/v1/jobs", files={"files": ("j.npy", npy_bytes([41]))}, data={"task": "addone"})
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
