@@ -59,7 +59,6 @@ class EcgPredictor(Predictor):
         self.sources: list[dict[str, Any]] = list(extra.get("prototype_sources", []))
         self.segments: dict[str, torch.Tensor] = dict(extra.get("prototype_segments", {}))
         self.labels = list(checkpoint.labels)
-        self._csv_started: set[Path] = set()
 
     # -- the three steps ---------------------------------------------------------------------------------------
     def prepare(self, item: InputItem) -> Prepared:
@@ -140,10 +139,11 @@ class EcgPredictor(Predictor):
 
     # -- outputs -----------------------------------------------------------------------------------------------
     def _append_csv(self, out_dir: Path, name: str, probs: np.ndarray) -> None:
+        # one row per record, appended; the header is written when the file is new (no per-path state is kept,
+        # so a long-running service does not accumulate any)
         path = out_dir / PREDICTIONS_CSV
-        fresh = path not in self._csv_started
-        self._csv_started.add(path)
-        with path.open("w" if fresh else "a", newline="") as fh:
+        fresh = not path.exists() or path.stat().st_size == 0
+        with path.open("a", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh)
             if fresh:
                 w.writerow(["record", *self.labels, *[f"{c}_decision" for c in self.labels]])
