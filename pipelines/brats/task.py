@@ -23,8 +23,10 @@ from pipelines.brats.transforms import (
     case_name,
     group_files,
     is_nifti,
+    labels_to_levels,
+    naming_of,
     parse_name,
-    read_case,
+    read_label,
     role_of_folder,
 )
 from pipelines.common import keys
@@ -145,9 +147,9 @@ class BratsTask(Task):
             maps = predictor.run([prepared])[0]
             levels, restored = predictor.postprocess(prepared, maps)
             predictor.write_outputs(prepared, levels, restored, pred_dir)
-            _, label = read_case(paths, with_label=True)
-            assert label is not None
-            ref_levels = np.select([label.array == 4, label.array == 1, label.array == 2], [3, 2, 1], 0)
+            # the images were read by ``prepare``; only the segmentation is read here, on their grid
+            label = read_label(paths["seg"], prepared.context["ref"], naming_of(paths))
+            ref_levels = labels_to_levels(label.array)
             pred_regions = levels_to_regions(_as_tensor(levels))[0].numpy().astype(bool)
             ref_regions = levels_to_regions(_as_tensor(ref_levels))[0].numpy().astype(bool)
             scores = dice_hd95(pred_regions, ref_regions, label.spacing.tolist(), REGIONS)

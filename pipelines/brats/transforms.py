@@ -110,18 +110,34 @@ def read_case(paths: Mapping[str, Path], with_label: bool = False) -> tuple[dict
     if with_label:
         if "seg" not in paths:
             raise InputError(ref.path.parent, "no segmentation (seg) file for this case")
-        label = read_volume(paths["seg"])
-        if label.shape != ref.shape:
-            raise InputError(label.path, f"shape {label.shape} differs from the images' {ref.shape}")
-        values = set(np.unique(label.array).astype(int).tolist())
-        allowed = {0, 1, 2, 3, 4}
-        if not values <= allowed:
-            raise InputError(
-                label.path, f"holds label values {sorted(values - allowed)}; expected 0, 1, 2 and 4 (or 3)"
-            )
-        if naming_of(paths) == NAMING_2023 or 3 in values:
-            label.array = np.where(label.array == 3, 4, label.array).astype(np.float32)
+        label = read_label(paths["seg"], ref, naming_of(paths))
     return vols, label
+
+
+def read_label(path: Path, ref: Volume, naming: str) -> Volume:
+    """Read a segmentation on ``ref``'s grid, with values converted to the 2018 convention (ET = 4).
+
+    Raises:
+        InputError: unreadable, a grid other than the images', or label values outside 0–4.
+    """
+    label = read_volume(path)
+    if label.shape != ref.shape:
+        raise InputError(label.path, f"shape {label.shape} differs from the images' {ref.shape}")
+    values = set(np.unique(label.array).astype(int).tolist())
+    allowed = {0, 1, 2, 3, 4}
+    if not values <= allowed:
+        raise InputError(label.path, f"holds label values {sorted(values - allowed)}; expected 0, 1, 2 and 4 (or 3)")
+    if naming == NAMING_2023 or 3 in values:
+        label.array = np.where(label.array == 3, 4, label.array).astype(np.float32)
+    return label
+
+
+def labels_to_levels(labels: np.ndarray) -> np.ndarray:
+    """2018-convention label values (0, 2 ED, 1 NCR/NET, 4 ET) → nesting levels 0..3 (inverse of LEVEL_TO_LABEL)."""
+    lookup = np.zeros(5, dtype=np.int64)
+    for level, value in enumerate(LEVEL_TO_LABEL[NAMING_2018]):
+        lookup[value] = level
+    return lookup[np.asarray(labels, dtype=np.int64)]
 
 
 def stack_case(vols: Mapping[str, Volume], label: Volume | None = None) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -129,3 +130,12 @@ def test_mask_outside_brain() -> None:
     levels = torch.full((1, 3, 3, 3), 3)
     masked = mask_outside_brain(levels, image)
     assert masked.sum() == 6 and masked[0, 1, 1, 1] == 3 and masked[0, 0, 0, 0] == 3
+
+
+def test_labels_to_levels_inverts_the_2018_convention() -> None:
+    from pipelines.brats.transforms import LEVEL_TO_LABEL, labels_to_levels
+
+    levels = np.array([0, 1, 2, 3, 3, 0])
+    labels = np.asarray(LEVEL_TO_LABEL["brats2018"])[levels]
+    assert labels.tolist() == [0, 2, 1, 4, 4, 0]
+    assert labels_to_levels(labels).tolist() == levels.tolist()
