@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
 
-def _pyplot():  # imported lazily: matplotlib is slow to import
+def pyplot() -> ModuleType:
+    """``matplotlib.pyplot`` on the Agg backend (never a screen), imported lazily because it is slow to import."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -19,7 +21,7 @@ def _pyplot():  # imported lazily: matplotlib is slow to import
 
 def plot_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
     """Training loss and every validation metric against epoch."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     keys = [k for k in (history[0] if history else {}) if k not in ("epoch", "lr", "seconds")]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -48,7 +50,7 @@ def plot_overlay(image: np.ndarray, labels: np.ndarray, colors: dict[int, str], 
         path: PNG to write.
         title: figure title (no patient identifiers).
     """
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.colors import ListedColormap
 
     fig, ax = plt.subplots(figsize=(5, 5))

@@ -4,7 +4,6 @@ the stored thresholds, Fmax) and ``medinfer evaluate ecg``."""
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from models.protoecgnet import BRANCH_LABELS, PTBXL_LABELS
+from pipelines.common.io import write_json
 
 __all__ = ["per_class_auroc", "macro_auroc", "micro_f1", "fmax", "best_thresholds", "summary_metrics", "evaluate"]
 
@@ -111,7 +111,7 @@ def evaluate(data_dir: Path, checkpoint, out_dir: Path, options) -> dict[str, An
     out_dir.mkdir(parents=True, exist_ok=True)
     aucs = per_class_auroc(data.y, p)
     branch_of = {c: b for b, names in BRANCH_LABELS.items() for c in names}
-    with (out_dir / "per_class.csv").open("w", newline="") as fh:
+    with (out_dir / "per_class.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["label", "branch", "positives", "negatives", "auroc", "threshold", "f1", "precision", "recall"])
         for c, name in enumerate(PTBXL_LABELS):
@@ -121,10 +121,10 @@ def evaluate(data_dir: Path, checkpoint, out_dir: Path, options) -> dict[str, An
             rec = tp / (tp + fn) if tp + fn else math.nan
             f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan
             w.writerow([name, branch_of[name], int(yc.sum()), int(len(yc) - yc.sum()), aucs[c], thr[c], f1, prec, rec])
-    with (out_dir / "predictions.csv").open("w", newline="") as fh:
+    with (out_dir / "predictions.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["ecg_id", *PTBXL_LABELS])
         for rid, row in zip(data.ids, p, strict=True):
             w.writerow([rid, *(f"{v:.5f}" for v in row)])
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(summary, out_dir / "summary.json")
     return summary

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from models.protoecgnet import LEADS, PTBXL_LABELS, ProtoECGNet
-from pipelines.common.plots import _pyplot
+from pipelines.common.plots import pyplot
 from pipelines.ecg.stages import window_to_samples
 
 __all__ = ["top_prototypes", "plot_explanation"]
@@ -95,7 +95,7 @@ def plot_explanation(
         title: figure title (no patient identifiers).
         fs: sampling rate in Hz.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(12, 2, figsize=(13, 12), sharex="col", gridspec_kw={"width_ratios": [3, 1.2]})
     t = np.arange(signal.shape[1]) / fs
     win = entry["window"]

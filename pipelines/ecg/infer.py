@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 
 from models.protoecgnet import BRANCH_NAMES, PTBXL_LABELS, ProtoECGNet
 from pipelines.common.checkpoint import Checkpoint
+from pipelines.common.io import write_json
 from pipelines.common.task import InputItem, PredictOptions, Predictor, Prepared
 from pipelines.ecg.explain import plot_explanation, top_prototypes
 from pipelines.ecg.readers import read_record
@@ -133,7 +133,7 @@ class EcgPredictor(Predictor):
             res["explanation"], pngs = self.explain(prepared, raw, out_dir)
             files += pngs
         res["files"] = files
-        (out_dir / f"{name}.json").write_text(json.dumps(res, indent=2))
+        write_json(res, out_dir / f"{name}.json")
         self._append_csv(out_dir, name, raw["probs"])
         return res
 
