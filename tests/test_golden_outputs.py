@@ -46,30 +46,72 @@ PROVENANCE = {
 
 #: the tiny brats config as checkpoints of medinfer 0.1 stored it (loading it is part of the contract)
 BRATS_CONFIG: dict[str, Any] = {
-    "preset": "tiny", "model_name": "brats_nested_unet", "head": "multilevel", "depth": 3, "base_filters": 8,
-    "dropout": 0.1, "deep_supervision_levels": 2, "beta": 2.0, "thresholds": [-2.0, 0.0, 2.0],
-    "target_spacing": [3.0, 3.0, 3.0], "roi_size": [32, 32, 32], "batch_size": 2, "epochs": 30,
-    "iterations_per_epoch": None, "lr": 0.003, "weight_decay": 5e-05, "lr_decay": 0.97, "val_fraction": 0.2,
-    "ds_weights": [1.0, 0.5], "sw_batch_size": 4, "sw_overlap": 0.5, "cache_rate": 1.0, "num_workers": 0,
-    "intensity_shift": 0.1, "intensity_scale": 0.1,
-}  # fmt: skip
+    "preset": "tiny",
+    "model_name": "brats_nested_unet",
+    "head": "multilevel",
+    "depth": 3,
+    "base_filters": 8,
+    "dropout": 0.1,
+    "deep_supervision_levels": 2,
+    "beta": 2.0,
+    "thresholds": [-2.0, 0.0, 2.0],
+    "target_spacing": [3.0, 3.0, 3.0],
+    "roi_size": [32, 32, 32],
+    "batch_size": 2,
+    "epochs": 30,
+    "iterations_per_epoch": None,
+    "lr": 0.003,
+    "weight_decay": 5e-05,
+    "lr_decay": 0.97,
+    "val_fraction": 0.2,
+    "ds_weights": [1.0, 0.5],
+    "sw_batch_size": 4,
+    "sw_overlap": 0.5,
+    "cache_rate": 1.0,
+    "num_workers": 0,
+    "intensity_shift": 0.1,
+    "intensity_scale": 0.1,
+}
 
 #: the tiny ecg config as checkpoints of medinfer 0.1 stored it
 ECG_CONFIG: dict[str, Any] = {
-    "model_kwargs": {"prototypes_per_class": [2, 2, 2], "proto_time_len": [3, 32], "proto_dim": 32,
-                     "widths": [16, 16, 32, 32], "layers": [1, 1, 1, 1], "dropout": 0.0},
-    "epochs": {"feature_extractor": 12, "joint": 10, "classifier": 6, "fusion": 40}, "batch_size": 32,
-    "lr": {"feature_extractor": 0.003, "joint": 0.001, "classifier": 0.01, "fusion": 0.02}, "weight_decay": 0.0001,
-    "clst": 0.004, "sep": 0.0004, "spars": 0.0, "div": 25.0, "cnrst": 3.0, "l1_classifier": 0.0001,
-    "l1_fusion": 0.0001, "highpass_hz": 0.5, "branches": ["rhythm", "morphology", "diffuse"],
-    "init_checkpoint": None, "num_threads": 0, "eval_batch_size": 128,
-}  # fmt: skip
+    "model_kwargs": {
+        "prototypes_per_class": [2, 2, 2],
+        "proto_time_len": [3, 32],
+        "proto_dim": 32,
+        "widths": [16, 16, 32, 32],
+        "layers": [1, 1, 1, 1],
+        "dropout": 0.0,
+    },
+    "epochs": {"feature_extractor": 12, "joint": 10, "classifier": 6, "fusion": 40},
+    "batch_size": 32,
+    "lr": {"feature_extractor": 0.003, "joint": 0.001, "classifier": 0.01, "fusion": 0.02},
+    "weight_decay": 0.0001,
+    "clst": 0.004,
+    "sep": 0.0004,
+    "spars": 0.0,
+    "div": 25.0,
+    "cnrst": 3.0,
+    "l1_classifier": 0.0001,
+    "l1_fusion": 0.0001,
+    "highpass_hz": 0.5,
+    "branches": ["rhythm", "morphology", "diffuse"],
+    "init_checkpoint": None,
+    "num_threads": 0,
+    "eval_batch_size": 128,
+}
 
 
 def brats_checkpoint(path: Path) -> Path:
     """A seeded, untrained tiny brats checkpoint in the 0.1 layout."""
-    kwargs = {"in_channels": 4, "head": "multilevel", "depth": 3, "base_filters": 8, "dropout": 0.1,
-              "deep_supervision_levels": 2}  # fmt: skip
+    kwargs = {
+        "in_channels": 4,
+        "head": "multilevel",
+        "depth": 3,
+        "base_filters": 8,
+        "dropout": 0.1,
+        "deep_supervision_levels": 2,
+    }
     torch.manual_seed(0)
     model = create_model("brats_nested_unet", **kwargs)
     ckpt = Checkpoint(
@@ -103,9 +145,17 @@ def ecg_checkpoint(path: Path) -> Path:
         for p in range(b.num_prototypes):
             start = 0 if length == 1000 else 31 * p % 900
             sources.append(
-                {"branch": branch, "prototype": p, "label": PTBXL_LABELS[index[p // b.prototypes_per_class]],
-                 "record_id": str(100 + p), "record_index": p, "window": 0, "start": start,
-                 "end": start + min(length, 1000) - (length == 94), "score": 0.5 + p / 100}  # fmt: skip
+                {
+                    "branch": branch,
+                    "prototype": p,
+                    "label": PTBXL_LABELS[index[p // b.prototypes_per_class]],
+                    "record_id": str(100 + p),
+                    "record_index": p,
+                    "window": 0,
+                    "start": start,
+                    "end": start + min(length, 1000) - (length == 94),
+                    "score": 0.5 + p / 100,
+                }
             )
     ckpt = Checkpoint(
         task="ecg",
@@ -260,7 +310,20 @@ def test_ecg_outputs_are_unchanged(tmp_path: Path) -> None:
     out = tmp_path / "out"
     inputs = [str(p) for p in (*records, *dicoms, csv_path)]
     _predict(
-        ["ecg", *inputs, "-o", str(out), "--checkpoint", str(ckpt), "--device", "cpu", "--explain",
-         "--batch-size", "3", "--sampling-rate", "100"]  # fmt: skip
+        [
+            "ecg",
+            *inputs,
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(ckpt),
+            "--device",
+            "cpu",
+            "--explain",
+            "--batch-size",
+            "3",
+            "--sampling-rate",
+            "100",
+        ]
     )
     check_golden("ecg", {"explain": summarise_folder(out)})
