@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from models.registry import ModelSpec, register_model
 
-__all__ = ["NestedUNet", "SegOutput", "HEAD_CHANNELS", "BRATS_SPEC"]
+__all__ = ["BRATS_MODALITIES", "BRATS_REGIONS", "BRATS_SPEC", "HEAD_CHANNELS", "NestedUNet", "SegOutput"]
 
 #: output channels per head: ``multilevel`` (the method), ``regions`` (WT/TC/ET sigmoids), ``softmax``
 #: (background, edema, necrosis/non-enhancing, enhancing: the baseline the paper improves on)
@@ -186,11 +186,16 @@ class NestedUNet(nn.Module):
         return self.forward_with_aux(x).logits
 
 
+#: the four MRI modalities in model (channel) order
+BRATS_MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+#: the nested regions in output order: whole tumour ⊃ tumour core ⊃ enhancing tumour
+BRATS_REGIONS: tuple[str, ...] = ("WT", "TC", "ET")
+
 BRATS_SPEC = ModelSpec(
     task="brats",
     spatial_dims=3,
-    in_channels=("t1", "t1ce", "t2", "flair"),
-    label_names=("WT", "TC", "ET"),
+    in_channels=BRATS_MODALITIES,
+    label_names=BRATS_REGIONS,
     output_activation="multilevel",
     roi_size=(128, 128, 128),
     data_card="brats.md",

@@ -11,12 +11,22 @@ Each branch: backbone → add-on layers (sigmoid) → cosine similarity to its p
 averaged over windows) → a branch classifier ``Linear(P, C, bias=False)`` initialised +1 / −0.5. The fusion layer
 maps all similarities to the 71 logits (with bias). Residual blocks are MONAI's :class:`ResNetBlock`. The network
 returns logits only; sigmoid and thresholds live in ``pipelines.ecg``.
+
+Each branch also has a plain FC head, used only in the feature-extractor stage. As in the authors' code
+(``src/backbones.py``), the 1D head sits on the pooled feature and the 2D heads, by default
+(``fc_head="flatten"``), on the flattened (B, 512, 1, 32) map: ``Linear(512 * 32, C)``. ``fc_head="pool"``
+averages the 2D map first (``Linear(512, C)``), as medinfer 0.1 did; its checkpoints load with that head.
+
+The 2D backbones start from random weights. :func:`load_resnet18_2d` copies a torchvision ImageNet ResNet-18
+state dict a user brings into them, every layer but the replaced first convolution and the head, as the
+authors initialise them; medinfer itself downloads nothing.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -34,6 +44,8 @@ __all__ = [
     "ProtoOutput",
     "ProtoBranch",
     "ProtoECGNet",
+    "FC_HEADS",
+    "load_resnet18_2d",
     "ecg_protoecgnet",
 ]
 
@@ -51,6 +63,9 @@ PTBXL_LABELS: tuple[str, ...] = (
 )  # fmt: skip
 
 BRANCH_NAMES: tuple[str, ...] = ("rhythm", "morphology", "diffuse")
+
+#: FC heads of the 2D branches (feature-extractor stage): on the flattened map (authors' code) or the pooled one
+FC_HEADS: tuple[str, ...] = ("flatten", "pool")
 
 _RHYTHM = {"SR", "AFIB", "STACH", "SARRH", "SBRAD", "PACE", "SVARR", "BIGU", "AFLT", "SVTAC", "PSVT", "TRIGU"}
 _RHYTHM |= {"1AVB", "2AVB", "3AVB", "IVCD"}
@@ -128,8 +143,9 @@ class ResNet1dBackbone(nn.Module):
 class ResNet2dBackbone(nn.Module):
     """ResNet-18 over a (12 leads × time) image whose first conv spans all leads (kernel 12×7, stride (1, 2)).
 
-    Randomly initialised (the paper's ImageNet init does not reach the replaced first conv; medinfer uses no
-    pretrained weights). Dropout after the third stage, no average pooling.
+    Randomly initialised; :func:`load_resnet18_2d` copies ImageNet ResNet-18 weights a user brings into every
+    layer but the replaced first conv (as the paper's init does not reach it either). Dropout after the third
+    stage, no average pooling.
 
     Args:
         in_leads: number of leads (the first kernel's height).
@@ -174,6 +190,10 @@ class ProtoBranch(nn.Module):
         proto_dim: add-on / prototype channels D.
         proto_time_len: T, prototype width in feature columns (``2d`` only).
         widths, layers, in_leads, dropout: backbone settings.
+        fc_head: the plain FC head of a ``2d`` branch: ``pool`` (``Linear(F, C)`` on the map averaged over
+            (1, W)) or ``flatten`` (``Linear(F * W, C)`` on the flattened (B, F, 1, W) map, the authors' head).
+            A ``1d`` branch always pools.
+        feature_columns: W, the columns of the 2D feature map (32 for 1000 samples); used by ``flatten``.
 
     The FC head (``fc``) is the plain classifier of the ``feature_extractor`` stage; it takes no part in the
     prototype path.
@@ -190,10 +210,18 @@ class ProtoBranch(nn.Module):
         layers: Sequence[int] = (2, 2, 2, 2),
         in_leads: int = 12,
         dropout: float = 0.0,
+        fc_head: str = "pool",
+        feature_columns: int = 32,
     ) -> None:
         super().__init__()
         if kind not in ("1d", "2d"):
             raise ValueError(f"kind must be '1d' or '2d', got {kind!r}")
+        if fc_head not in FC_HEADS:
+            raise ValueError(f"fc_head must be one of {FC_HEADS}, got {fc_head!r}")
+        if kind == "1d" and fc_head != "pool":
+            raise ValueError(f"fc_head must be 'pool' for a 1d branch (its feature is pooled), got {fc_head!r}")
+        if feature_columns < 1:
+            raise ValueError(f"feature_columns must be >= 1, got {feature_columns}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if prototypes_per_class < 1:
@@ -205,6 +233,8 @@ class ProtoBranch(nn.Module):
         self.prototypes_per_class = prototypes_per_class
         self.num_prototypes = num_classes * prototypes_per_class
         self.proto_time_len = proto_time_len if kind == "2d" else 1
+        self.fc_head = fc_head
+        self.feature_columns = feature_columns
         feat = widths[-1]
         if kind == "1d":
             self.backbone: nn.Module = ResNet1dBackbone(in_leads, widths, layers)
@@ -222,7 +252,7 @@ class ProtoBranch(nn.Module):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                     nn.init.zeros_(m.bias)
             self.prototypes = nn.Parameter(torch.randn(self.num_prototypes, proto_dim, 1, self.proto_time_len))
-        self.fc = nn.Linear(feat, num_classes)
+        self.fc = nn.Linear(feat * feature_columns if fc_head == "flatten" else feat, num_classes)
         self.classifier = nn.Linear(self.num_prototypes, num_classes, bias=False)
         self.register_buffer("prototype_class_identity", self._identity(), persistent=False)
         self.reset_classifier()
@@ -255,7 +285,16 @@ class ProtoBranch(nn.Module):
         return self._fc(self.backbone_features(x))
 
     def _fc(self, f: torch.Tensor) -> torch.Tensor:
-        return self.fc(f if self.kind == "1d" else f.mean(dim=(-2, -1)))
+        if self.kind == "1d":
+            return self.fc(f)
+        if self.fc_head == "pool":
+            return self.fc(f.mean(dim=(-2, -1)))
+        if f.shape[-1] != self.feature_columns:
+            raise ValueError(
+                f"fc_head='flatten' needs {self.feature_columns} feature columns, got {f.shape[-1]} "
+                "(the input length differs from the model's num_samples)"
+            )
+        return self.fc(f.flatten(1))  # (B, F·1·W), F-major like torch.flatten in the authors' head
 
     def latent(self, x: torch.Tensor) -> torch.Tensor:
         """Add-on output in prototype space: (B, D) for 1D, (B, D, 1, W) for 2D."""
@@ -310,8 +349,15 @@ class ProtoECGNet(nn.Module):
         in_leads: 12.
         num_samples: samples per input (1000 = 10 s at 100 Hz); fixes the number of feature columns.
         dropout: dropout after stage 3 of the 2D backbones.
+        fc_head: the plain FC head of the two 2D branches (feature-extractor stage only): ``flatten``
+            (``Linear(F * W, C)`` on the flattened (B, F, 1, W) map, W = ``feature_columns``, 32 for 1000 samples;
+            the authors' code) or ``pool`` (``Linear(F, C)`` on the averaged map; medinfer 0.1). The rhythm branch
+            always pools. The prototype path, and so the fusion logits and similarities, do not depend on it.
 
     Input (B, 12, num_samples) in mV; output :class:`ProtoOutput`.
+
+    Raises:
+        ValueError: for inconsistent arguments (the message names the argument).
     """
 
     def __init__(
@@ -326,8 +372,11 @@ class ProtoECGNet(nn.Module):
         in_leads: int = 12,
         num_samples: int = 1000,
         dropout: float = 0.35,
+        fc_head: str = "flatten",
     ) -> None:
         super().__init__()
+        if fc_head not in FC_HEADS:
+            raise ValueError(f"fc_head must be one of {FC_HEADS}, got {fc_head!r}")
         if len(branch_indices) != 3:
             raise ValueError(f"branch_indices must give 3 branches, got {len(branch_indices)}")
         if len(prototypes_per_class) != 3:
@@ -343,6 +392,7 @@ class ProtoECGNet(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.num_labels = num_labels
         self.num_samples = num_samples
+        self.fc_head = fc_head
         self.feature_columns = self._columns(num_samples)
         for t in proto_time_len:
             if not 1 <= t <= self.feature_columns:
@@ -362,6 +412,8 @@ class ProtoECGNet(nn.Module):
                     layers=layers,
                     in_leads=in_leads,
                     dropout=dropout,
+                    fc_head=fc_head if kind == "2d" else "pool",
+                    feature_columns=self.feature_columns,
                 )
                 for name, kind, idx, ppc, t in zip(
                     BRANCH_NAMES, kinds, branch_indices, prototypes_per_class, times, strict=True
@@ -428,6 +480,102 @@ class ProtoECGNet(nn.Module):
         return ProtoOutput(self.fusion(similarities), branch_logits, similarities, feature_logits)
 
 
+#: the torchvision key every ResNet-18 state dict has; where it sits tells the prefix (``module.``, ``resnet.``)
+_RESNET_ANCHOR = "layer1.0.conv1.weight"
+#: torchvision layers the authors do not carry over: the replaced first conv (3×7×7 → 1×12×7) and the head
+_RESNET_SKIPPED = re.compile(r"(conv1|fc)\.")
+
+
+def _resnet18_key(ours: str) -> str:
+    """The torchvision ResNet-18 key of a :class:`ResNet2dBackbone` state-dict key.
+
+    Our stem is Sequential(conv, BatchNorm2d, ReLU, MaxPool), so ``stem.1.*`` is torchvision's ``bn1.*``; MONAI's
+    ResNetBlock names its parts like torchvision's BasicBlock (conv1, bn1, conv2, bn2, downsample.0/.1), so
+    ``layerN.i.*`` keeps its name.
+    """
+    return "bn1." + ours.removeprefix("stem.1.") if ours.startswith("stem.1.") else ours
+
+
+def load_resnet18_2d(
+    model: ProtoECGNet, state_dict: Mapping[str, torch.Tensor], branches: Sequence[str] = ("morphology", "diffuse")
+) -> dict[str, list[str]]:
+    """Copy a torchvision ImageNet ResNet-18 state dict into the 2D branches' backbones, in place.
+
+    Every layer is copied except ``conv1.*`` (ours spans the 12 leads with a 12×7 kernel on one channel) and
+    ``fc.*`` (the head), which keep their initialisation, as in the authors' code. Batch norm statistics are
+    copied too, ``num_batches_tracked`` when the state dict has it. Nothing is copied unless everything fits.
+
+    Args:
+        model: the network to initialise (its 2D widths must be (64, 128, 256, 512), layers (2, 2, 2, 2)).
+        state_dict: a torchvision ``resnet18`` state dict (``bn1.weight``, ``layer1.0.conv1.weight``,
+            ``layer2.0.downsample.0.weight``...); a common key prefix such as ``module.`` or ``resnet.`` is
+            stripped and keys outside it are skipped.
+        branches: the 2D branches to initialise.
+
+    Returns:
+        ``{"loaded": [model state-dict keys written], "skipped": [state-dict keys not used]}``, for the model card.
+
+    Raises:
+        ValueError: for a branch that is not 2D, a state dict that is not a ResNet-18 layout (a missing or an
+            unexpected key) or a tensor whose shape differs from the model's (the key and both shapes).
+    """
+    names = list(branches)
+    for name in names:
+        if name not in BRANCH_NAMES or model.branch(name).kind != "2d":
+            two_d = [b for b in BRANCH_NAMES if model.branch(b).kind == "2d"]
+            raise ValueError(f"branches: {name!r} is not a 2D branch; choose from {two_d}")
+    if not names:
+        raise ValueError("branches: name at least one 2D branch")
+    prefixes = {k[: -len(_RESNET_ANCHOR)] for k in state_dict if k.endswith(_RESNET_ANCHOR)}
+    prefixes = {p for p in prefixes if p == "" or p.endswith(".")}
+    if len(prefixes) != 1:
+        found = "no" if not prefixes else f"several ({sorted(prefixes)})"
+        raise ValueError(f"state_dict is not a torchvision ResNet-18 state dict: {found} {_RESNET_ANCHOR!r} key")
+    prefix = prefixes.pop()
+    source = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    skipped = [k for k in state_dict if not k.startswith(prefix) or _RESNET_SKIPPED.match(k[len(prefix) :])]
+    for key, value in source.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"state_dict[{prefix + key!r}] is a {type(value).__name__}, not a tensor")
+
+    # every branch has the same backbone layout; check it once against the source, then copy into each
+    targets = {
+        k: v
+        for k, v in model.branch(names[0]).backbone.state_dict().items()
+        if not k.startswith("stem.0.")  # the replaced first conv
+    }
+    wanted = {_resnet18_key(k): k for k in targets}
+    missing = [s for s in wanted if s not in source and not s.endswith("num_batches_tracked")]
+    if missing:
+        raise ValueError(
+            f"state_dict is not a ResNet-18 layout for this model: missing {prefix + missing[0]!r}"
+            f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}"
+        )
+    unexpected = [k for k in source if k not in wanted and not _RESNET_SKIPPED.match(k)]
+    if unexpected:
+        raise ValueError(
+            f"state_dict is not a ResNet-18 layout for this model: unexpected {prefix + unexpected[0]!r}"
+            f"{f' and {len(unexpected) - 1} more' if len(unexpected) > 1 else ''} "
+            "(the model's layers must be (2, 2, 2, 2))"
+        )
+    pairs = [(ours, src) for src, ours in wanted.items() if src in source]
+    for ours, src in pairs:
+        if source[src].shape != targets[ours].shape:
+            raise ValueError(
+                f"state_dict[{prefix + src!r}] has shape {tuple(source[src].shape)} but the model's {ours!r} has "
+                f"{tuple(targets[ours].shape)} (widths must be (64, 128, 256, 512), layers (2, 2, 2, 2))"
+            )
+
+    loaded = []
+    with torch.no_grad():
+        for name in names:
+            backbone_state = model.branch(name).backbone.state_dict()  # shares storage with the module
+            for ours, src in pairs:
+                backbone_state[ours].copy_(source[src])
+                loaded.append(f"branches.{name}.backbone.{ours}")
+    return {"loaded": loaded, "skipped": skipped}
+
+
 _SPEC = ModelSpec(
     task="ecg",
     spatial_dims=1,
@@ -445,6 +593,8 @@ _SPEC = ModelSpec(
         "dropout": 0.0,
     },
     example_size=(1000,),
+    # medinfer 0.1 checkpoints predate fc_head; their 2D FC heads pool the feature map
+    legacy_kwargs={"fc_head": "pool"},
 )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -17,9 +18,9 @@ from torch import nn
 
 __all__ = ["ModelSpec", "register_model", "create_model", "list_models", "get_model_spec"]
 
-# Modules that define registered models. Listed here (not discovered from strings at run time) so that
-# ``create_model`` can import them lazily: nothing heavy happens at ``import models``.
-_MODEL_MODULES: tuple[str, ...] = ("models.nested_unet", "models.protoecgnet")
+# The package whose modules define registered models. They are discovered (every module but this one and private
+# ``_`` ones) and imported on the first registry lookup, not at ``import models``: nothing heavy happens there.
+_PACKAGE = __name__.rpartition(".")[0]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class ModelSpec:
         paper: the reference the architecture follows.
         tiny_kwargs: keyword arguments that build a small instance, for tests and the demo.
         example_size: spatial size of a test input for the tiny instance.
+        legacy_kwargs: keyword arguments assumed for checkpoints whose model_kwargs predate an option (the value
+            that reproduces the network those checkpoints were saved from, where the default has changed since).
     """
 
     task: str
@@ -49,6 +52,7 @@ class ModelSpec:
     paper: str
     tiny_kwargs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     example_size: tuple[int, ...] = ()
+    legacy_kwargs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (1, 2, 3):
@@ -56,6 +60,7 @@ class ModelSpec:
         if not self.in_channels:
             raise ValueError("in_channels must name at least one channel")
         object.__setattr__(self, "tiny_kwargs", MappingProxyType(dict(self.tiny_kwargs)))
+        object.__setattr__(self, "legacy_kwargs", MappingProxyType(dict(self.legacy_kwargs)))
 
 
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], ModelSpec]] = {}
@@ -80,10 +85,21 @@ def register_model(name: str, spec: ModelSpec) -> Callable[[Callable[..., nn.Mod
     return decorator
 
 
+def _model_modules() -> list[str]:
+    """Every public module of the models package except this one (each registers its models on import)."""
+    package = importlib.import_module(_PACKAGE)
+    own = __name__.rpartition(".")[2]
+    return [
+        f"{_PACKAGE}.{info.name}"
+        for info in pkgutil.iter_modules(package.__path__)
+        if info.name != own and not info.name.startswith("_")
+    ]
+
+
 def _ensure_loaded() -> None:
     global _loaded
     if not _loaded:
-        for module in _MODEL_MODULES:
+        for module in _model_modules():
             importlib.import_module(module)
         _loaded = True
 

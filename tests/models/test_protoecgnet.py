@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from models import create_model, get_model_spec
-from models.protoecgnet import BRANCH_LABELS, PTBXL_LABELS, ProtoECGNet, ProtoOutput
+from models.protoecgnet import (
+    BRANCH_LABELS,
+    PTBXL_LABELS,
+    ProtoBranch,
+    ProtoECGNet,
+    ProtoOutput,
+    load_resnet18_2d,
+)
 
 TINY = dict(get_model_spec("ecg_protoecgnet").tiny_kwargs)
 
@@ -144,3 +152,196 @@ def test_frozen_parts_stay_in_eval_mode() -> None:
     model.train()
     assert model.branch("morphology").backbone.training
     np.testing.assert_equal(model.branch("rhythm").prototype_class_identity.sum(0).numpy(), np.full(16, 2.0))
+
+
+# -- the FC head of the feature-extractor stage ---------------------------------------------------------------
+@pytest.mark.parametrize("fc_head", ["flatten", "pool"])
+def test_fc_head(fc_head: str) -> None:
+    torch.manual_seed(0)
+    model = ProtoECGNet(**TINY, fc_head=fc_head).eval()
+    feat, cols = 64, model.feature_columns
+    assert cols == 32
+    x = torch.randn(2, 12, 1000)
+    for name in ("morphology", "diffuse"):
+        b = model.branch(name)
+        assert b.fc.in_features == (feat * cols if fc_head == "flatten" else feat)
+        with torch.no_grad():
+            f = b.backbone_features(x)  # (B, F, 1, W)
+            expected = b.fc(f.flatten(1) if fc_head == "flatten" else f.mean(dim=(-2, -1)))
+            torch.testing.assert_close(b.feature_logits(x), expected)
+    rhythm = model.branch("rhythm")
+    assert rhythm.fc_head == "pool" and rhythm.fc.in_features == feat  # the 1D branch always pools
+
+
+def test_fc_head_defaults_to_the_authors_flatten() -> None:
+    model = ProtoECGNet()
+    assert model.fc_head == "flatten"
+    assert model.branch("morphology").fc.in_features == 512 * 32 and model.branch("diffuse").fc.in_features == 512 * 32
+    assert model.branch("rhythm").fc.in_features == 512
+
+
+def test_fc_head_leaves_prediction_outputs_unchanged() -> None:
+    torch.manual_seed(0)
+    flat = ProtoECGNet(**TINY, fc_head="flatten").eval()
+    pool = ProtoECGNet(**TINY, fc_head="pool").eval()
+    shared = {k: v for k, v in flat.state_dict().items() if ".fc." not in k}
+    missing, unexpected = pool.load_state_dict(shared, strict=False)
+    assert not unexpected and all(".fc." in k for k in missing)
+    x = torch.randn(2, 12, 1000)
+    with torch.no_grad():
+        a, b = flat(x), pool(x)
+    for field in ("logits", "branch_logits", "similarities"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+
+
+def test_fc_head_bad_values_raise() -> None:
+    with pytest.raises(ValueError, match="fc_head"):
+        ProtoECGNet(**TINY, fc_head="max")
+    with pytest.raises(ValueError, match="fc_head"):
+        ProtoBranch("1d", 2, 1, 8, fc_head="flatten")
+
+
+def test_flatten_head_needs_the_models_length() -> None:
+    model = ProtoECGNet(**TINY).eval()
+    with pytest.raises(ValueError, match="feature columns"):
+        model.branch("morphology").feature_logits(torch.randn(1, 12, 1200))
+
+
+# -- checkpoints written before fc_head existed -----------------------------------------------------------------
+def _save(path: Path, model: ProtoECGNet, model_kwargs: dict) -> Path:
+    from pipelines.common.checkpoint import Checkpoint, save_checkpoint
+
+    ckpt = Checkpoint(
+        task="ecg",
+        model_name="ecg_protoecgnet",
+        model_kwargs=model_kwargs,
+        state_dict=model.state_dict(),
+        labels=list(PTBXL_LABELS),
+        provenance={"dataset": "test", "data_card": "synthetic.md", "seed": 0},
+    )
+    return save_checkpoint(ckpt, path)
+
+
+@pytest.mark.parametrize("fc_head", [None, "flatten", "pool"])
+def test_checkpoint_round_trip_and_legacy_fc_head(tmp_path: Path, fc_head: str | None) -> None:
+    """model_kwargs without fc_head (medinfer 0.1) mean the pool head; newer ones name theirs."""
+    from pipelines.common.checkpoint import load_checkpoint
+
+    kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}
+    if fc_head is not None:
+        kwargs["fc_head"] = fc_head
+    torch.manual_seed(0)
+    model = create_model("ecg_protoecgnet", **{"fc_head": "pool", **kwargs}).eval()
+    path = _save(tmp_path / "ecg.pt", model, kwargs)
+    loaded = load_checkpoint(path, task="ecg").build_model()
+    assert loaded.fc_head == (fc_head or "pool")
+    x = torch.randn(2, 12, 1000)
+    with torch.no_grad():
+        a, b = model(x), loaded(x)
+    for field, ta, tb in zip(ProtoOutput._fields, a, b, strict=True):
+        assert torch.equal(ta, tb), field
+
+
+# -- ImageNet ResNet-18 weights a user brings -------------------------------------------------------------------
+RESNET18 = dict(TINY, widths=(64, 128, 256, 512), layers=(2, 2, 2, 2), proto_dim=8, prototypes_per_class=(1, 1, 1))
+
+
+def _torchvision_resnet18_state(prefix: str = "", seed: int = 0, batches: bool = True) -> dict[str, torch.Tensor]:
+    """Random tensors in torchvision's ``resnet18().state_dict()`` layout (built by hand: no torchvision here)."""
+    gen = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+
+    def bn(name: str, c: int) -> None:
+        state[f"{name}.weight"] = torch.rand(c, generator=gen) + 0.5
+        state[f"{name}.bias"] = torch.randn(c, generator=gen)
+        state[f"{name}.running_mean"] = torch.randn(c, generator=gen)
+        state[f"{name}.running_var"] = torch.rand(c, generator=gen) + 0.5
+        if batches:
+            state[f"{name}.num_batches_tracked"] = torch.randint(1, 10_000, (), generator=gen)
+
+    state["conv1.weight"] = torch.randn(64, 3, 7, 7, generator=gen)
+    bn("bn1", 64)
+    prev = 64
+    for stage, width in enumerate((64, 128, 256, 512), start=1):
+        for block in range(2):
+            name, cin = f"layer{stage}.{block}", prev if block == 0 else width
+            state[f"{name}.conv1.weight"] = torch.randn(width, cin, 3, 3, generator=gen)
+            bn(f"{name}.bn1", width)
+            state[f"{name}.conv2.weight"] = torch.randn(width, width, 3, 3, generator=gen)
+            bn(f"{name}.bn2", width)
+            if block == 0 and stage > 1:
+                state[f"{name}.downsample.0.weight"] = torch.randn(width, cin, 1, 1, generator=gen)
+                bn(f"{name}.downsample.1", width)
+        prev = width
+    state["fc.weight"] = torch.randn(1000, 512, generator=gen)
+    state["fc.bias"] = torch.randn(1000, generator=gen)
+    return {prefix + k: v for k, v in state.items()}
+
+
+def _tv_key(ours: str) -> str:
+    """Our backbone key → torchvision's: the stem's norm is torchvision's bn1, the blocks keep their names."""
+    return ours.replace("stem.1.", "bn1.", 1) if ours.startswith("stem.1.") else ours
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("prefix", ["", "module.", "resnet."])
+def test_load_resnet18_copies_all_but_conv1_and_fc(prefix: str) -> None:
+    torch.manual_seed(0)
+    model = ProtoECGNet(**RESNET18)
+    before = _snapshot(model)
+    source = _torchvision_resnet18_state(prefix)
+    report = load_resnet18_2d(model, source)
+    after = model.state_dict()
+    n_keys = len(model.branch("morphology").backbone.state_dict()) - 1  # all but the first conv
+    assert n_keys == 5 + 8 * 12 + 3 * 6  # stem norm; 8 blocks (conv1, bn1, conv2, bn2); 3 downsamples (conv, norm)
+    for name in ("morphology", "diffuse"):
+        for key in model.branch(name).backbone.state_dict():
+            ours = f"branches.{name}.backbone.{key}"
+            if key.startswith("stem.0."):
+                assert torch.equal(after[ours], before[ours]), "the replaced first conv keeps its init"
+            else:
+                assert torch.equal(after[ours], source[prefix + _tv_key(key)]), key
+                assert ours in report["loaded"]
+    for key in after:
+        if not key.startswith(("branches.morphology.backbone.", "branches.diffuse.backbone.")):
+            assert torch.equal(after[key], before[key]), f"{key} must be untouched"  # rhythm, fc, add-ons...
+    assert len(report["loaded"]) == 2 * n_keys
+    assert sorted(report["skipped"]) == sorted(prefix + k for k in ("conv1.weight", "fc.weight", "fc.bias"))
+    assert model.branch("morphology").backbone.stem[1].num_batches_tracked == source[prefix + "bn1.num_batches_tracked"]
+
+
+def test_load_resnet18_without_batch_counts_and_one_branch() -> None:
+    model = ProtoECGNet(**RESNET18)
+    before = _snapshot(model)
+    source = _torchvision_resnet18_state(batches=False)
+    report = load_resnet18_2d(model, source, branches=("morphology",))
+    after = model.state_dict()
+    assert all(k.startswith("branches.morphology.") for k in report["loaded"])
+    assert not any(k.endswith("num_batches_tracked") for k in report["loaded"])
+    key = "branches.morphology.backbone.layer2.0.downsample.1.running_var"
+    assert torch.equal(after[key], source["layer2.0.downsample.1.running_var"])
+    assert all(torch.equal(after[k], before[k]) for k in after if k.startswith("branches.diffuse."))
+
+
+def test_load_resnet18_wrong_width_names_the_key() -> None:
+    model = ProtoECGNet(**dict(RESNET18, widths=(32, 64, 128, 256)))
+    before = _snapshot(model)
+    with pytest.raises(ValueError, match=r"'bn1\.weight'.*\(64,\).*'stem\.1\.weight'.*\(32,\)"):
+        load_resnet18_2d(model, _torchvision_resnet18_state())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "nothing copied on error"
+
+
+def test_load_resnet18_wrong_layout_raises() -> None:
+    with pytest.raises(ValueError, match=r"unexpected 'layer1\.1\."):
+        load_resnet18_2d(ProtoECGNet(**dict(RESNET18, layers=(1, 1, 1, 1))), _torchvision_resnet18_state())
+    source = _torchvision_resnet18_state()
+    del source["layer3.1.bn2.running_var"]
+    with pytest.raises(ValueError, match=r"missing 'layer3\.1\.bn2\.running_var'"):
+        load_resnet18_2d(ProtoECGNet(**RESNET18), source)
+    with pytest.raises(ValueError, match="not a torchvision ResNet-18"):
+        load_resnet18_2d(ProtoECGNet(**RESNET18), {"encoder.weight": torch.randn(4, 4), "head.bias": torch.randn(4)})
+    with pytest.raises(ValueError, match="not a 2D branch"):
+        load_resnet18_2d(ProtoECGNet(**RESNET18), _torchvision_resnet18_state(), branches=("rhythm",))

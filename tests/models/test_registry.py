@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
+import models
 from models import ModelSpec, create_model, get_model_spec, list_models, register_model
+from models import registry as registry_module
+
+ROOT = Path(__file__).resolve().parents[2]
 
 ALL_MODELS = list_models()
 
@@ -77,3 +87,49 @@ def test_register_rejects_bad_names() -> None:
 def test_spec_validates() -> None:
     with pytest.raises(ValueError, match="spatial_dims"):
         ModelSpec("x", 4, ("a",), ("b",), "sigmoid", (1,), "c.md", "p")
+
+
+def test_spec_legacy_kwargs_are_frozen() -> None:
+    assert dict(get_model_spec("ecg_protoecgnet").legacy_kwargs) == {"fc_head": "pool"}
+    spec = ModelSpec("x", 1, ("a",), ("b",), "sigmoid", (1,), "c.md", "p", legacy_kwargs={"k": 1})
+    with pytest.raises(TypeError):
+        spec.legacy_kwargs["k"] = 2  # type: ignore[index]
+    assert dict(get_model_spec("brats_nested_unet").legacy_kwargs) == {}
+
+
+_DROPIN = """
+from torch import nn
+
+from models.registry import ModelSpec, register_model
+
+SPEC = ModelSpec("dropin", 1, ("a",), ("b",), "sigmoid", (4,), "none.md", "none")
+
+
+@register_model("dropin_{name}", SPEC)
+def factory() -> nn.Module:
+    return nn.Identity()
+"""
+
+
+def test_dropped_in_module_is_discovered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "dropin_models.py").write_text(textwrap.dedent(_DROPIN.format(name="identity")))
+    (tmp_path / "_dropin_private.py").write_text(textwrap.dedent(_DROPIN.format(name="private")))
+    importlib.invalidate_caches()
+    monkeypatch.setattr(models, "__path__", [*models.__path__, str(tmp_path)])
+    monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))
+    monkeypatch.setattr(registry_module, "_loaded", False)
+    try:
+        assert list_models("dropin") == ["dropin_identity"], "public modules are found, private ones skipped"
+        assert isinstance(create_model("dropin_identity"), nn.Identity)
+        assert "ecg_protoecgnet" in list_models()
+    finally:
+        for name in ("dropin_models", "_dropin_private"):
+            sys.modules.pop(f"models.{name}", None)
+            if hasattr(models, name):
+                delattr(models, name)
+
+
+def test_import_models_imports_no_model_module() -> None:
+    code = "import models, sys; print('models.nested_unet' in sys.modules, 'models.protoecgnet' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
