@@ -58,6 +58,27 @@ def _checkpoint(task_name: str, checkpoint: Path | None) -> Any:
         raise _usage_error(str(exc)) from exc
 
 
+TASK_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+TASK_OPTIONS_HELP = (
+    "Task options: each task declares its own flags (listed by `medinfer models`); booleans also take --no-FLAG, "
+    "and any option can be given as --option KEY=VALUE."
+)
+
+
+def _task_options(task: Any, tokens: list[str], *, train: bool = False) -> tuple[Any, list[str]]:
+    """The task's typed options from its flags among ``tokens``, and the other tokens (positional inputs)."""
+    from app.task_args import TaskArgsError, parse_task_args
+    from pipelines.common.config import ConfigError
+
+    model = task.train_options_model if train else task.options_model
+    try:
+        values, rest = parse_task_args(model, tokens, f"task {task.name}")
+        options = task.parse_train_options(values) if train else task.parse_options(values)
+    except (TaskArgsError, ConfigError) as exc:
+        raise _usage_error(str(exc)) from exc
+    return options, rest
+
+
 @app.callback()
 def main_callback(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress to stderr.")] = False,
@@ -76,31 +97,41 @@ def main_callback(
 def models_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List tasks, their input contracts, registered networks and available checkpoints."""
+    """List tasks, their input contracts, output heads, options, networks and available checkpoints."""
+    from app.task_args import describe_options
     from models import list_models
     from pipelines.common.checkpoint import checkpoints_dir, installed_checkpoint
     from pipelines.common.task import get_task, list_tasks
 
     rows = []
     for name in list_tasks():
-        info = get_task(name).describe()
+        task = get_task(name)
+        info = task.describe()
         info["models"] = list_models(name)
         ckpt = installed_checkpoint(name)
         info["checkpoint"] = str(ckpt) if ckpt else None
+        info["option_flags"] = describe_options(task.options_model)
+        info["train_option_flags"] = describe_options(task.train_options_model)
         rows.append(info)
     if as_json:
-        typer.echo(json.dumps({"checkpoints_dir": str(checkpoints_dir()), "tasks": rows}, indent=2))
+        typer.echo(json.dumps({"checkpoints_dir": str(checkpoints_dir()), "tasks": rows}, indent=2, default=str))
         return
     typer.echo(f"checkpoints: {checkpoints_dir()}")
     for info in rows:
         c = info["contract"]
         typer.echo(f"\n{info['task']}: {info['title']}")
-        typer.echo(f"  input:      {c['description']}")
+        typer.echo(f"  input:      {c['description']} ({c['kind']})")
         typer.echo(f"  channels:   {', '.join(c['channels'])}")
         typer.echo(f"  formats:    {', '.join(c['formats'])}")
-        typer.echo(f"  labels:     {', '.join(c['label_names'])}")
-        typer.echo(f"  networks:   {', '.join(info['models'])}")
+        for head in c["heads"]:
+            typer.echo(f"  head {head['name']} ({head['activation']}): {', '.join(head['labels'])}")
+        typer.echo(f"  networks:   {', '.join(info['models'])}; presets: {', '.join(info['presets'])}")
         typer.echo(f"  checkpoint: {info['checkpoint'] or 'none installed'}")
+        for title, flags in (("predict options", info["option_flags"]), ("train options", info["train_option_flags"])):
+            if flags:
+                typer.echo(f"  {title}:")
+                for f in flags:
+                    typer.echo(f"    {f['flag']} ({f['type']}, default {f['default']}): {f['help']}")
 
 
 @app.command("synth")
@@ -110,7 +141,10 @@ def synth_cmd(
     n: Annotated[int, typer.Option("--n", min=1, help="Number of cases/records/images.")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     dicom: Annotated[bool, typer.Option("--dicom", help="Also write DICOM where the task supports it.")] = False,
-    variant: Annotated[str | None, typer.Option("--variant", help="Dataset variant (e.g. brats2023 naming).")] = None,
+    variant: Annotated[
+        str | None,
+        typer.Option("--variant", help="Dataset variant the task offers."),
+    ] = None,
 ) -> None:
     """Write a synthetic dataset in the task's real on-disk layout."""
     t = _task(task)
@@ -121,8 +155,9 @@ def synth_cmd(
     typer.echo(f"wrote synthetic {task} data to {root}")
 
 
-@app.command("train")
+@app.command("train", context_settings=TASK_ARGS, epilog=TASK_OPTIONS_HELP)
 def train_cmd(
+    ctx: typer.Context,
     task: Annotated[str, typer.Argument(help="Task name.")],
     data: Annotated[Path, typer.Option("--data", help="Dataset root in the real layout.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")],
@@ -131,7 +166,6 @@ def train_cmd(
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Override the number of epochs.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
-    stage: Annotated[str | None, typer.Option("--stage", help="Run one stage of a staged method.")] = None,
     install: Annotated[bool, typer.Option("--install", help="Install the best checkpoint for predict/serve.")] = False,
 ) -> None:
     """Train a model; writes best/last checkpoints, metrics.json, a curve PNG and a model card."""
@@ -139,6 +173,9 @@ def train_cmd(
     from pipelines.common.task import TrainOptions
 
     t = _task(task)
+    task_options, rest = _task_options(t, list(ctx.args), train=True)
+    if rest:
+        raise _usage_error(f"unexpected argument(s): {' '.join(rest)}")
     if not data.exists():
         raise _usage_error(f"{data}: dataset folder does not exist")
     if config is not None and not config.is_file():
@@ -151,7 +188,7 @@ def train_cmd(
         epochs=epochs,
         device=device,
         seed=seed,
-        stage=stage,
+        task=task_options,
     )
     try:
         run_dir = t.train(opts)
@@ -163,48 +200,46 @@ def train_cmd(
         typer.echo(f"installed {dst}")
 
 
-@app.command("evaluate")
+@app.command("evaluate", context_settings=TASK_ARGS, epilog=TASK_OPTIONS_HELP)
 def evaluate_cmd(
+    ctx: typer.Context,
     task: Annotated[str, typer.Argument(help="Task name.")],
     data: Annotated[Path, typer.Option("--data", help="Labelled dataset root.")],
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Checkpoint file or run folder.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("evaluation"),
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Inputs per forward pass.")] = 32,
 ) -> None:
     """Evaluate a checkpoint on a labelled dataset: per-case CSV and summary JSON."""
     from pipelines.common.task import PredictOptions
 
     t = _task(task)
+    task_options, rest = _task_options(t, list(ctx.args))
+    if rest:
+        raise _usage_error(f"unexpected argument(s): {' '.join(rest)}")
     ckpt = _checkpoint(task, checkpoint)
     if not data.exists():
         raise _usage_error(f"{data}: dataset folder does not exist")
+    options = PredictOptions(device=device, batch_size=batch_size, task=task_options)
     try:
-        summary = t.evaluate(data, ckpt, out, PredictOptions(device=device, batch_size=batch_size))
+        summary = t.evaluate(data, ckpt, out, options)
     except ValueError as exc:
         raise _usage_error(str(exc)) from exc
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
-@app.command("predict")
+@app.command("predict", context_settings=TASK_ARGS, epilog=TASK_OPTIONS_HELP)
 def predict_cmd(
     task: Annotated[str, typer.Argument(help="Task name.")],
-    inputs: Annotated[list[str], typer.Argument(help="Files, folders, globs, or role=path pairs.")],
+    inputs: Annotated[list[str], typer.Argument(help="Files, folders, globs, or role=path pairs; and task options.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Checkpoint file or run folder.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
     batch_size: Annotated[
-        int, typer.Option("--batch-size", min=1, help="Batch (sliding-window batch for volumes).")
+        int, typer.Option("--batch-size", min=1, help="Inputs per forward pass (tasks that take one at a time: 1).")
     ] = 1,
     amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision on CUDA.")] = True,
     explain: Annotated[bool, typer.Option("--explain", help="Write the task's explanation too.")] = False,
-    tta: Annotated[bool, typer.Option("--tta/--no-tta", help="Mirror test-time augmentation (volumes).")] = False,
-    labels: Annotated[str | None, typer.Option("--labels", help="Output label convention, e.g. brats2018.")] = None,
-    overlay: Annotated[bool, typer.Option("--overlay", help="Write a preview PNG per input.")] = False,
-    overlap: Annotated[float, typer.Option("--overlap", min=0.0, max=0.95, help="Sliding-window overlap.")] = 0.5,
-    sampling_rate: Annotated[
-        float | None, typer.Option("--sampling-rate", help="Rate in Hz for signal files without one (CSV/NPY).")
-    ] = None,
     continue_on_error: Annotated[
         bool, typer.Option("--continue-on-error", help="Keep going after a failed input.")
     ] = False,
@@ -217,28 +252,21 @@ def predict_cmd(
     from pipelines.common.task import PredictOptions
 
     t = _task(task)
+    task_options, paths = _task_options(t, list(inputs))
+    if not paths:
+        raise _usage_error("no inputs given")
     ckpt = _checkpoint(task, checkpoint)
-    options = PredictOptions(
-        device=device,
-        batch_size=batch_size,
-        amp=amp,
-        explain=explain,
-        tta=tta,
-        labels=labels,
-        overlay=overlay,
-        overlap=overlap,
-        sampling_rate=sampling_rate,
-    )
+    options = PredictOptions(device=device, batch_size=batch_size, amp=amp, explain=explain, task=task_options)
     try:
-        items = t.collect_inputs(inputs)
+        collected = t.collect_inputs(paths)
         predictor = t.load_predictor(ckpt, options)
     except (InputError, ValueError) as exc:
         raise _usage_error(str(exc)) from exc
-    if not items:
+    if not len(collected):
         raise _usage_error("no inputs found")
-    with tqdm(total=len(items), desc=f"predict {task}", unit="input", file=sys.stderr, disable=None) as bar:
+    with tqdm(total=len(collected), desc=f"predict {task}", unit="input", file=sys.stderr, disable=None) as bar:
         report = run_predictions(
-            predictor, items, out, task=task, continue_on_error=continue_on_error, progress=bar.update
+            predictor, collected, out, task=task, continue_on_error=continue_on_error, progress=bar.update
         )
     counts = report.to_dict()["counts"]
     typer.echo(
@@ -343,13 +371,13 @@ def demo_cmd(
         dst = install_checkpoint(run, name)
         typer.echo(f"[{name}] installed demo checkpoint {dst}")
         ckpt = load_checkpoint(dst, task=name)
-        options = PredictOptions(explain=True, overlay=True)
+        options = PredictOptions(explain=True, task=t.parse_options(t.demo_options))
         predictor = t.load_predictor(ckpt, options)
         pred_dir = out / "predictions" / name
-        items = t.collect_inputs(t.demo_inputs(data))
-        if items:
-            examples[name] = items[0]
-        report = run_predictions(predictor, items, pred_dir, task=name, continue_on_error=True)
+        collected = t.collect_inputs(t.demo_inputs(data))
+        if collected.items:
+            examples[name] = collected.items[0]
+        report = run_predictions(predictor, collected, pred_dir, task=name, continue_on_error=True)
         counts = report.to_dict()["counts"]
         typer.echo(f"[{name}] predictions: {counts['ok']} ok, {counts['error']} failed -> {pred_dir}")
     typer.echo("\nWhere to look:")

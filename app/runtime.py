@@ -8,8 +8,6 @@ knows any task: everything goes through :class:`~pipelines.common.task.Task` and
 from __future__ import annotations
 
 import asyncio
-import copy
-import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,14 +23,12 @@ from app.metrics import Metrics
 from app.settings import Settings
 from app.uploads import scrub
 from pipelines.common.checkpoint import Checkpoint, installed_checkpoint, load_checkpoint
+from pipelines.common.config import TaskOptions
 from pipelines.common.errors import InputError
 from pipelines.common.predict import ItemResult
 from pipelines.common.task import InputItem, PredictOptions, Predictor, Prepared, Task, get_task, resolve_device
 
 logger = logging.getLogger(__name__)
-
-#: ``PredictOptions`` fields a request may set for its own inputs (they act in ``prepare``/``finish``)
-PER_REQUEST_OPTIONS = ("sampling_rate",)
 
 
 class DeviceThreads:
@@ -81,7 +77,7 @@ class ModelRuntime:
     Args:
         task: the registered task.
         checkpoint_path: its checkpoint file (``None`` when there is none: the runtime is ``failed``).
-        settings: service settings (device, batching, sliding-window batch).
+        settings: service settings (device, batching, the task's default options).
         threads: the device threads shared by every model.
         metrics: where batches are recorded.
     """
@@ -101,6 +97,10 @@ class ModelRuntime:
         self.predictor: Predictor | None = None
         self.batcher: DynamicBatcher[Prepared, Any] | None = None
         self.device: str | None = None
+        try:
+            self.default_options: TaskOptions = served_options(task, settings)
+        except ValueError as exc:  # checked by ``discover_models`` first; here it fails this model only
+            self.default_options, self.state, self.error = task.options_model(), "failed", str(exc)
         self._ready = asyncio.Event()
 
     @property
@@ -150,15 +150,24 @@ class ModelRuntime:
             self._ready.set()
 
     def _load_sync(self) -> None:
+        """Load the checkpoint and build the predictor once (its weights are loaded once)."""
         assert self.checkpoint_path is not None and self.device is not None
         self.checkpoint = load_checkpoint(self.checkpoint_path, task=self.name)
-        options = PredictOptions(device=self.device, batch_size=self.settings.max_batch_size, amp=self.settings.amp)
-        predictor = self.task.load_predictor(self.checkpoint, options)
-        if int(predictor.max_batch) <= 1 and self.settings.sw_batch_size != options.batch_size:
-            # a model that takes one input at a time batches inside it (sliding-window batch)
-            options = dataclasses.replace(options, batch_size=self.settings.sw_batch_size)
-            predictor = self.task.load_predictor(self.checkpoint, options)
-        self.predictor = predictor
+        options = PredictOptions(
+            device=self.device,
+            batch_size=self.settings.max_batch_size,
+            amp=self.settings.amp,
+            task=self.default_options,
+        )
+        self.predictor = self.task.load_predictor(self.checkpoint, options)
+
+    def request_options(self, values: dict[str, Any]) -> TaskOptions:
+        """The task options of one request: the served defaults updated by the request's values.
+
+        Raises:
+            ConfigError: an unknown option or an invalid value (named).
+        """
+        return self.default_options.updated(values, "options") if values else self.default_options
 
     async def wait_loaded(self) -> None:
         await self._ready.wait()
@@ -189,33 +198,20 @@ class ModelRuntime:
                 predictor.move_to(original)
                 torch.cuda.empty_cache()
 
-    def view(self, overrides: dict[str, Any]) -> Predictor:
-        """The predictor with per-request options for ``prepare``/``finish`` (shares the model)."""
-        assert self.predictor is not None
-        clean = {k: v for k, v in overrides.items() if k in PER_REQUEST_OPTIONS and v is not None}
-        if not clean:
-            return self.predictor
-        view = copy.copy(self.predictor)
-        view.options = dataclasses.replace(self.predictor.options, **clean)
-        return view
-
-    async def predict_item(
-        self, item: InputItem, out_dir: Path, upload_dir: Path, overrides: dict[str, Any], *, wait_for_slot: bool
-    ) -> Outcome:
+    async def predict_item(self, item: InputItem, out_dir: Path, upload_dir: Path, *, wait_for_slot: bool) -> Outcome:
         """Prepare, run (batched) and finish one input; errors become this input's own outcome.
 
         Args:
-            item: the grouped input.
+            item: the grouped input (with its request's task options).
             out_dir: where ``finish`` writes files.
             upload_dir: the private upload folder (hidden from messages).
-            overrides: per-request ``PredictOptions`` fields.
             wait_for_slot: on a full queue, wait and retry (jobs) instead of raising (requests).
 
         Raises:
             QueueFullError: the queue is full and ``wait_for_slot`` is false.
         """
-        assert self.batcher is not None
-        view = self.view(overrides)
+        assert self.batcher is not None and self.predictor is not None
+        predictor = self.predictor
         label = describe_item(item, upload_dir)
         t0 = time.perf_counter()
 
@@ -229,7 +225,7 @@ class ModelRuntime:
             return Outcome(ItemResult(label, "error", error=message, seconds=time.perf_counter() - t0), kind)
 
         try:
-            prepared = await run_in_threadpool(view.prepare, item)
+            prepared = await run_in_threadpool(predictor.prepare, item)
         except (InputError, ValueError) as exc:
             return failed(exc, "input")
         except Exception as exc:  # a reader crashing on a hostile file is still that file's problem
@@ -248,24 +244,38 @@ class ModelRuntime:
             except Exception as exc:
                 return failed(exc, "internal")
         try:
-            outputs = await run_in_threadpool(view.finish, prepared, raw, out_dir)
+            output = await run_in_threadpool(predictor.finish, prepared, raw, out_dir)
         except (InputError, ValueError) as exc:
             return failed(exc, "input")
         except Exception as exc:
             return failed(exc, "internal")
         timings = {**prepared.timings, "queue": stats.queue_s, "infer": prepared.timings.get("infer", stats.compute_s)}
         timings["batch_size"] = float(stats.batch_size)
-        return Outcome(ItemResult(label, "ok", outputs=outputs, seconds=time.perf_counter() - t0, timings=timings))
+        seconds = time.perf_counter() - t0
+        result = ItemResult(label, "ok", outputs=output.data, seconds=seconds, timings=timings, files=output.files)
+        return Outcome(result)
+
+
+def served_options(task: Task, settings: Settings) -> TaskOptions:
+    """A task's default options in the service (``MEDINFER_TASK_OPTIONS``, validated by the task's model).
+
+    Raises:
+        ConfigError: an unknown option or invalid value, named.
+    """
+    return task.parse_options(settings.task_options.get(task.name, {}), f"MEDINFER_TASK_OPTIONS[{task.name}]")
 
 
 def discover_models(settings: Settings) -> list[tuple[Task, Path | None]]:
     """The tasks to serve with their checkpoints: the named ones, or every registered task with a checkpoint.
 
     Raises:
-        ValueError: a named task is not registered.
+        ValueError: a named task is not registered, or the task options in the settings are invalid.
     """
     from pipelines.common.task import list_tasks
 
+    for name in settings.task_options:
+        task = get_task(name)  # an unknown task name in the options is an error too
+        served_options(task, settings)
     names = settings.task_names
     out: list[tuple[Task, Path | None]] = []
     if names:

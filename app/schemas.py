@@ -50,8 +50,16 @@ class DataCard(BaseModel):
     text: str | None = None
 
 
+class OutputHeadInfo(BaseModel):
+    """One output head of a model and its labels."""
+
+    name: str
+    labels: list[str]
+    activation: str
+
+
 class ModelInfo(BaseModel):
-    """One served task: checkpoint, input contract, labels, model and data cards."""
+    """One served task: checkpoint, input contract, heads and labels, options, model and data cards."""
 
     task: str
     title: str
@@ -60,7 +68,15 @@ class ModelInfo(BaseModel):
     checkpoint_version: str
     checkpoint_file: str
     labels: list[str]
+    heads: list[OutputHeadInfo]
     contract: dict[str, Any]
+    options_schema: dict[str, Any] = Field(
+        description="JSON schema of the task's options (the `options` form field of predict, explain and jobs)."
+    )
+    default_options: dict[str, Any] = Field(default_factory=dict, description="The options this server applies.")
+    synthetic_demo: bool = Field(
+        default=False, description="The model was trained on synthetic data: its outputs on real inputs mean nothing."
+    )
     max_batch_size: int
     metrics: dict[str, Any] = Field(default_factory=dict)
     provenance: dict[str, Any] = Field(default_factory=dict)
@@ -80,14 +96,18 @@ class FileLink(BaseModel):
     name: str
     url: str
     size: int
+    role: str | None = Field(
+        default=None, description="What the file is (segmentation, probabilities, overlay, explanation, result...)."
+    )
 
 
 class ItemOutcome(BaseModel):
-    """The result of one input, as the CLI's report writes it."""
+    """The result of one input, as the CLI's report writes it, with links to the files it wrote."""
 
     input: str
     status: Literal["ok", "error", "skipped"]
     outputs: dict[str, Any] = Field(default_factory=dict)
+    files: list[FileLink] = Field(default_factory=list, description="This input's files, by role.")
     error: str | None = None
     seconds: float = 0.0
     timings: dict[str, float] = Field(default_factory=dict)

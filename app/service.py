@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,9 +16,10 @@ from app.metrics import Metrics
 from app.runtime import DeviceThreads, ModelRuntime, Outcome, discover_models
 from app.settings import Settings
 from app.uploads import private_dir, remove_tree, scrub, store_uploads
+from pipelines.common.config import ConfigError, TaskOptions
 from pipelines.common.errors import InputError
-from pipelines.common.predict import Report
-from pipelines.common.task import InputItem
+from pipelines.common.predict import ItemResult, Report
+from pipelines.common.task import InputItem, OutputFile
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class Service:
         for task, ckpt in discover_models(self.settings):
             self.runtimes[task.name] = ModelRuntime(task, ckpt, self.settings, self.threads, self.metrics)
         if not self.runtimes:
-            logger.warning("no task has a checkpoint in %s; nothing to serve", self.settings.checkpoints or "default")
+            logger.warning("no task has a checkpoint in %s; nothing to serve", self.settings.checkpoints)
         loop = asyncio.get_running_loop()
         self._loading = [loop.create_task(rt.load(), name=f"load-{rt.name}") for rt in self.runtimes.values()]
         pending = self.store.recover(self.settings.job_max_attempts, served=set(self.runtimes))
@@ -119,37 +119,50 @@ class Service:
         return self.store
 
     # -- inputs ----------------------------------------------------------------------------------
-    async def _collect(self, rt: ModelRuntime, paths: list[Path], upload_dir: Path, explain: bool) -> list[InputItem]:
+    def _options(self, rt: ModelRuntime, values: dict[str, Any]) -> TaskOptions:
+        """The request's task options, validated (422 naming the key)."""
         try:
-            items = await run_in_threadpool(rt.task.collect_inputs, [str(p) for p in paths])
+            return rt.request_options(values)
+        except ConfigError as exc:
+            raise ServiceError(422, str(exc)) from exc
+
+    async def _collect(
+        self, rt: ModelRuntime, paths: list[Path], upload_dir: Path, explain: bool, options: TaskOptions
+    ) -> tuple[list[InputItem], list[Outcome]]:
+        """Group the uploaded files: the items, and an error outcome for every file that could not be used.
+
+        Raises:
+            ServiceError: 415 when nothing usable was uploaded, 400 when every file was unusable.
+        """
+        try:
+            collected = await run_in_threadpool(rt.task.collect_inputs, [str(p) for p in paths])
         except (InputError, ValueError) as exc:
             raise ServiceError(400, scrub(str(exc), upload_dir)) from exc
-        if not items:
+        errors = [scrub(str(exc), upload_dir) for exc in collected.errors]
+        if not collected.items:
+            if errors:
+                raise ServiceError(400, "; ".join(errors))
             formats = "; ".join(rt.task.contract.formats)
             raise ServiceError(415, f"no usable {rt.name} input among the uploaded files (accepted: {formats})")
-        if explain:
-            items = [dataclasses.replace(it, explain=True) for it in items]
-        return items
+        items = [InputItem(it.name, it.paths, explain or it.explain, options) for it in collected.items]
+        failed = [
+            Outcome(ItemResult(scrub(exc.path, upload_dir), "error", error=msg), "input")
+            for exc, msg in zip(collected.errors, errors, strict=True)
+        ]
+        return items, failed
 
-    def _linkify(self, value: Any, out_dir: Path, job_id: str) -> Any:
-        """Replace server paths of written files by their result links."""
-        if isinstance(value, dict):
-            return {k: self._linkify(v, out_dir, job_id) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self._linkify(v, out_dir, job_id) for v in value]
-        if isinstance(value, Path):
-            value = str(value)
-        if isinstance(value, str):
-            for base in {str(out_dir), str(out_dir.resolve())}:
-                if value.startswith(base + "/"):
-                    return file_url(job_id, value[len(base) + 1 :])
-            # a file name relative to the output folder (``{"files": {"segmentation": "case_pred.nii.gz"}}``)
-            if "." in value and len(value) < 256 and not value.startswith(("/", ".")) and ".." not in value:
-                if (out_dir / value).is_file():
-                    return file_url(job_id, value)
-        return value
+    @staticmethod
+    def _links(job_id: str, out_dir: Path, files: list[OutputFile]) -> list[dict[str, Any]]:
+        """The result links of the files an input wrote (from its typed result, never guessed from strings)."""
+        links = []
+        for f in files:
+            path = out_dir / f.path
+            size = path.stat().st_size if path.is_file() else 0
+            links.append({"role": f.role, "name": f.path, "url": file_url(job_id, f.path), "size": size})
+        return links
 
     def file_links(self, job_id: str) -> list[dict[str, Any]]:
+        """Every file of a result folder (the inputs' files and the report)."""
         out_dir = self.job_store().output_dir(job_id)
         if not out_dir.is_dir():
             return []
@@ -164,26 +177,34 @@ class Service:
         ]
 
     def _results(self, outcomes: list[Outcome], out_dir: Path, job_id: str) -> list[dict[str, Any]]:
-        return [self._linkify(o.result.to_dict(), out_dir, job_id) for o in outcomes]
+        """The outcomes as the API returns them: each input's files as links (from its typed result)."""
+        return [{**o.result.to_dict(), "files": self._links(job_id, out_dir, o.result.files)} for o in outcomes]
 
     # -- synchronous prediction ------------------------------------------------------------------
     async def predict(
-        self, task: str, files: list[UploadFile], overrides: dict[str, Any], *, explain: bool
+        self, task: str, files: list[UploadFile], options: dict[str, Any], *, explain: bool
     ) -> dict[str, Any]:
         """Predict on uploaded files; the files the task writes are kept as a finished ``predict`` record.
 
+        Args:
+            task: the served task.
+            files: the upload.
+            options: the request's task options (validated by the task's options model).
+            explain: also explain.
+
         Raises:
             ServiceError: 400 when every input failed for its own reason, 404/503 for the model, 413/415 for
-                the upload, 503 on a full queue.
+                the upload, 422 for invalid options, 503 on a full queue.
         """
         rt = self.runtime(task)
+        task_options = self._options(rt, options)
         store = self.job_store()
         upload_dir = private_dir(self.tmp_dir, "upload-")
         job_id = store.new_id()
         out_dir = store.output_dir(job_id)
         try:
             paths = await store_uploads(files, upload_dir, self.settings)
-            items = await self._collect(rt, paths, upload_dir, explain)
+            items, failed = await self._collect(rt, paths, upload_dir, explain, task_options)
             if len(items) > self.settings.max_items_per_request:
                 raise ServiceError(
                     413,
@@ -192,11 +213,10 @@ class Service:
                 )
             out_dir.mkdir(parents=True)
             tasks = [
-                asyncio.ensure_future(rt.predict_item(it, out_dir, upload_dir, overrides, wait_for_slot=False))
-                for it in items
+                asyncio.ensure_future(rt.predict_item(it, out_dir, upload_dir, wait_for_slot=False)) for it in items
             ]
             try:
-                outcomes = await asyncio.gather(*tasks)
+                outcomes = [*failed, *await asyncio.gather(*tasks)]
             except BaseException:
                 # a full queue (or a disconnect) for one input ends the request: stop its other inputs too
                 for t in tasks:
@@ -239,12 +259,13 @@ class Service:
 
     # -- jobs ------------------------------------------------------------------------------------
     async def submit_job(
-        self, task: str, files: list[UploadFile], overrides: dict[str, Any], *, explain: bool
+        self, task: str, files: list[UploadFile], options: dict[str, Any], *, explain: bool
     ) -> JobRecord:
-        """Store the upload with a new queued job and hand it to the worker."""
+        """Store the upload with a new queued job and hand it to the worker (options validated first: 422)."""
         rt = self.runtime(task, must_be_ready=False)
         if rt.state == "failed":
             raise ServiceError(503, f"model {task!r} failed to load: {rt.error}", "not_ready")
+        self._options(rt, options)
         store = self.job_store()
         job_id = store.new_id()
         input_dir = store.input_dir(job_id)
@@ -254,7 +275,7 @@ class Service:
         except BaseException:
             remove_tree(store.job_dir(job_id))
             raise
-        record = store.create(job_id, task, options={"overrides": overrides, "explain": explain})
+        record = store.create(job_id, task, options={"task_options": options, "explain": explain})
         assert self.worker is not None
         self.worker.submit(job_id)
         return record
@@ -274,15 +295,16 @@ class Service:
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
             paths = sorted(input_dir.iterdir())
-            items = await self._collect(rt, paths, input_dir, bool(rec.options.get("explain")))
+            # jobs queued by medinfer 0.1 kept their options as "overrides"
+            stored = rec.options.get("task_options") or rec.options.get("overrides") or {}
+            task_options = self._options(rt, dict(stored))
+            items, outcomes = await self._collect(rt, paths, input_dir, bool(rec.options.get("explain")), task_options)
         except ServiceError as exc:
             store.finish(rec.id, "failed", error=exc.message)
             remove_tree(input_dir)
             return
-        overrides = dict(rec.options.get("overrides") or {})
-        outcomes: list[Outcome] = []
         for i, item in enumerate(items):
-            outcomes.append(await rt.predict_item(item, out_dir, input_dir, overrides, wait_for_slot=True))
+            outcomes.append(await rt.predict_item(item, out_dir, input_dir, wait_for_slot=True))
             store.update(rec.id, progress=(i + 1) / len(items))
         Report(task=rec.task, checkpoint=rt.version, results=[o.result for o in outcomes]).write(out_dir)
         results = self._results(outcomes, out_dir, rec.id)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipelines.common.paths import checkpoints_dir
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "ip6-localhost"})
 
@@ -25,7 +28,10 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    checkpoints: Path | None = Field(default=None, description="Installed checkpoints folder (default: the CLI's).")
+    checkpoints: Path = Field(
+        default_factory=checkpoints_dir,
+        description="Installed checkpoints folder, the CLI's: MEDINFER_CHECKPOINTS or ~/.cache/medinfer/checkpoints.",
+    )
     data_dir: Path = Field(default_factory=_default_data_dir, description="Job database, artefacts and uploads.")
     tasks: str = Field(default="", description="Comma-separated tasks to serve; empty: all with a checkpoint.")
     device: str = Field(default="auto", description="auto, cpu or cuda[:N].")
@@ -34,7 +40,11 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=8, ge=1, description="Most requests per forward pass (capped by the model).")
     max_batch_delay_ms: float = Field(default=10.0, ge=0, description="How long the first request of a batch waits.")
     max_queue: int = Field(default=64, ge=1, description="Requests waiting per model before 503.")
-    sw_batch_size: int = Field(default=4, ge=1, description="Sliding-window batch for one-input-at-a-time models.")
+    task_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description='Default task options per task, as JSON (MEDINFER_TASK_OPTIONS=\'{"TASK": {"KEY": VALUE}}\'); '
+        "each task's options model validates them and a request's `options` field overrides them.",
+    )
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After seconds on an overloaded 503.")
 
     api_keys: str = Field(default="", description="Comma-separated API keys; when set, /api/v1 requires a Bearer key.")

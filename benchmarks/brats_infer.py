@@ -25,9 +25,7 @@ import numpy as np
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from pipelines.brats.config import make_config
 from pipelines.brats.synthetic import make_case
-from pipelines.brats.train import untrained_checkpoint
 from pipelines.common.checkpoint import save_checkpoint
 
 SHAPE = (240, 240, 155)
@@ -56,8 +54,10 @@ def main() -> None:
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="brats_bench_"))
     case = write_case(work / "data")
-    cfg = make_config("full")
-    ckpt = untrained_checkpoint(cfg)
+    from pipelines.common.task import get_task
+
+    ckpt = get_task("brats").untrained_checkpoint("full")
+    roi_size = tuple(ckpt.config["roi_size"])
     model = ckpt.build_model()
     ckpt_path = save_checkpoint(ckpt, work / "full.pt")
 
@@ -66,7 +66,7 @@ def main() -> None:
         out = work / f"pred{i}"
         cmd = [
             sys.executable, "-m", "app.cli", "predict", "brats", str(case), "-o", str(out),
-            "--checkpoint", str(ckpt_path), "--device", args.device, "--batch-size", str(args.sw_batch_size),
+            "--checkpoint", str(ckpt_path), "--device", args.device, "--sw-batch-size", str(args.sw_batch_size),
         ]  # fmt: skip
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "MEDINFER_CHECKPOINTS": str(work)})
@@ -86,7 +86,7 @@ def main() -> None:
     cropped_shape = tuple(int(s) for s in prep.data.shape[1:])
     x = torch.randn(1, 4, *cropped_shape, device=args.device)
     net = model.to(args.device).eval()
-    inferer = SlidingWindowInferer(cfg.roi_size, sw_batch_size=args.sw_batch_size, overlap=0.5, mode="gaussian")
+    inferer = SlidingWindowInferer(roi_size, sw_batch_size=args.sw_batch_size, overlap=0.5, mode="gaussian")
     compute = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
@@ -104,7 +104,7 @@ def main() -> None:
                 "torch_threads": torch.get_num_threads(),
                 "input_shape": [4, *SHAPE],
                 "inferred_shape": [4, *cropped_shape],
-                "roi_size": list(cfg.roi_size),
+                "roi_size": list(roi_size),
                 "sw_batch_size": args.sw_batch_size,
                 "repeats": args.repeats,
                 "medinfer_predict": {

@@ -62,9 +62,8 @@ def brats_tiny_run(brats_train_data: Path, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="session")
 def brats_random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny brats checkpoint: enough for geometry and I/O tests."""
-    from pipelines.brats.config import make_config
-    from pipelines.brats.train import untrained_checkpoint
     from pipelines.common.checkpoint import save_checkpoint
+    from pipelines.common.task import get_task
 
-    ckpt = untrained_checkpoint(make_config("tiny"))
+    ckpt = get_task("brats").untrained_checkpoint("tiny")
     return save_checkpoint(ckpt, tmp_path_factory.mktemp("brats_random") / "random.pt")

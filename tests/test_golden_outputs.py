@@ -134,7 +134,7 @@ def ecg_checkpoint(path: Path) -> Path:
 
     kwargs = dict(ECG_CONFIG["model_kwargs"])
     torch.manual_seed(1)
-    model = create_model("ecg_protoecgnet", **kwargs)
+    model = create_model("ecg_protoecgnet", **kwargs, fc_head="pool")  # 0.1 had only the pooled head
     gen = torch.Generator().manual_seed(2)
     sources, segments = [], {}
     for branch in BRANCH_NAMES:

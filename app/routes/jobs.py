@@ -10,11 +10,13 @@ from fastapi.responses import FileResponse
 
 from app.errors import ServiceError
 from app.jobs import JobRecord
-from app.routes.predict import RESPONSES, RateField, overrides, require_multipart
+from app.routes.predict import RESPONSES, OptionsField, require_multipart, task_options
 from app.schemas import Job, JobLinks, JobResult, error_responses
 from app.service import API_PREFIX, Service, ServiceDep
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+JOB_FIELDS = frozenset({"task", "files", "explain", "options"})
 
 
 def job_view(rec: JobRecord, service: Service) -> Job:
@@ -49,12 +51,13 @@ async def submit(
     task: Annotated[str, Form(max_length=64, description="Task name.")],
     files: Annotated[list[UploadFile], File(description="The task's files (as for predict); zips extracted.")],
     explain: Annotated[bool, Form(description="Also explain.")] = False,
-    sampling_rate: RateField = None,
+    options: OptionsField = None,
 ) -> Job:
     """Queue a prediction; poll ``links.self`` and fetch ``links.result`` when it has succeeded."""
     require_multipart(request)
     request.scope.setdefault("state", {})["task"] = task
-    rec = await service.submit_job(task, files, overrides(sampling_rate), explain=explain)
+    values = await task_options(request, options, JOB_FIELDS)
+    rec = await service.submit_job(task, files, values, explain=explain)
     return job_view(rec, service)
 
 

@@ -7,12 +7,11 @@ from pathlib import Path
 from fastapi import APIRouter
 
 from app.runtime import ModelRuntime
-from app.schemas import DataCard, ModelInfo, ModelList, error_responses
+from app.schemas import DataCard, ModelInfo, ModelList, OutputHeadInfo, error_responses
 from app.service import ServiceDep
+from pipelines.common.cards import read_data_card
 
 router = APIRouter(prefix="/models", tags=["models"])
-
-_DATA_CARDS = Path(__file__).resolve().parents[2] / "data_cards"
 
 
 def _read(path: Path | None) -> str | None:
@@ -27,7 +26,18 @@ def _read(path: Path | None) -> str | None:
 def model_info(rt: ModelRuntime) -> ModelInfo:
     """What the service tells about one served task."""
     task, ckpt = rt.task, rt.checkpoint
-    card_name = task.data_card or (ckpt.provenance.get("data_card", "") if ckpt else "")
+    # the card of the data this checkpoint was trained on (synthetic.md for demo models), else the task's
+    card_name = (ckpt.provenance.get("data_card", "") if ckpt else "") or task.data_card
+    declared = {h.name: h for h in task.contract.heads}
+    if ckpt is not None:
+        default_head = task.contract.heads[0].name if task.contract.heads else "output"
+        head_labels = ckpt.head_labels(default_head)
+    else:
+        head_labels = {h.name: list(h.labels) for h in task.contract.heads}
+    heads = [
+        OutputHeadInfo(name=name, labels=labels, activation=declared[name].activation if name in declared else "")
+        for name, labels in head_labels.items()
+    ]
     model_card = None
     if rt.checkpoint_path is not None:
         model_card = _read(rt.checkpoint_path.with_name(f"{rt.name}.MODEL_CARD.md")) or _read(
@@ -40,13 +50,17 @@ def model_info(rt: ModelRuntime) -> ModelInfo:
         model_name=ckpt.model_name if ckpt else task.default_model,
         checkpoint_version=rt.version,
         checkpoint_file=rt.checkpoint_path.name if rt.checkpoint_path else "",
-        labels=list(ckpt.labels) if ckpt else list(task.contract.label_names),
+        labels=[label for h in heads for label in h.labels],
+        heads=heads,
         contract=task.contract.to_dict(),
+        options_schema=task.options_model.model_json_schema(),
+        default_options=rt.default_options.model_dump(mode="json"),
+        synthetic_demo=ckpt.synthetic_demo if ckpt else False,
         max_batch_size=rt.batcher.max_batch_size if rt.batcher else 0,
         metrics=ckpt.metrics if ckpt else {},
         provenance=ckpt.provenance if ckpt else {},
         model_card=model_card,
-        data_card=DataCard(name=card_name, text=_read(_DATA_CARDS / Path(card_name).name)) if card_name else None,
+        data_card=DataCard(name=card_name, text=read_data_card(Path(card_name).name)) if card_name else None,
     )
 
 

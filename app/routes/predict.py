@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
@@ -24,8 +25,13 @@ FilesField = Annotated[
         "a signal record (e.g. .hea + .dat) or an image. Zips are extracted safely."
     ),
 ]
-RateField = Annotated[
-    float | None, Form(gt=0, le=100_000, description="Sampling rate in Hz for signal files that carry none.")
+OptionsField = Annotated[
+    str | None,
+    Form(
+        max_length=16_384,
+        description="The task's options as a JSON object (each task's schema is in GET /api/v1/models, "
+        'e.g. {"KEY": VALUE}); unknown keys or invalid values are answered 422 naming the key.',
+    ),
 ]
 
 RESPONSES = error_responses(400, 401, 404, 413, 415, 422, 503)
@@ -60,9 +66,33 @@ async def until_disconnect(request: Request, work: Awaitable[T], poll_s: float =
             task.cancel()
 
 
-def overrides(sampling_rate: float | None) -> dict[str, Any]:
-    """Per-request ``PredictOptions`` fields from the form."""
-    return {"sampling_rate": sampling_rate} if sampling_rate is not None else {}
+async def task_options(request: Request, raw: str | None, allowed: frozenset[str]) -> dict[str, Any]:
+    """The ``options`` form field as a mapping; a form field the endpoint does not take is refused.
+
+    Raises:
+        ServiceError: 422 for JSON that is not an object, or for an unknown form field (task options go in
+            ``options``, never as fields of their own).
+    """
+    form = await request.form()  # already parsed by FastAPI for this request: no second read
+    unknown = sorted(set(form.keys()) - allowed)
+    if unknown:
+        raise ServiceError(
+            422,
+            f"unknown form field(s) {', '.join(repr(u) for u in unknown)}; a task's options go in the 'options' "
+            "field as a JSON object",
+        )
+    if raw is None or not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ServiceError(422, f"options: not valid JSON ({exc.msg})") from exc
+    if not isinstance(value, dict):
+        raise ServiceError(422, f"options: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+PREDICT_FIELDS = frozenset({"files", "options"})
 
 
 @router.post(
@@ -76,11 +106,12 @@ async def predict(
     request: Request,
     service: ServiceDep,
     files: FilesField,
-    sampling_rate: RateField = None,
+    options: OptionsField = None,
 ) -> dict[str, Any]:
-    """Predict on one upload; results as the CLI writes them, files (masks) through result links."""
+    """Predict on one upload; results as the CLI writes them, each input's files (masks) as links."""
     require_multipart(request)
-    return await until_disconnect(request, service.predict(task, files, overrides(sampling_rate), explain=False))
+    values = await task_options(request, options, PREDICT_FIELDS)
+    return await until_disconnect(request, service.predict(task, files, values, explain=False))
 
 
 @router.post(
@@ -94,8 +125,9 @@ async def explain(
     request: Request,
     service: ServiceDep,
     files: FilesField,
-    sampling_rate: RateField = None,
+    options: OptionsField = None,
 ) -> dict[str, Any]:
     """Predict with the task's explanation (prototypes, Grad-CAM, probability maps) among the outputs."""
     require_multipart(request)
-    return await until_disconnect(request, service.predict(task, files, overrides(sampling_rate), explain=True))
+    values = await task_options(request, options, PREDICT_FIELDS)
+    return await until_disconnect(request, service.predict(task, files, values, explain=True))

@@ -1,105 +1,18 @@
-"""Typed training/inference configuration for ``brats``; the published recipe is the default."""
+"""Typed configuration and options of ``brats``; the published recipe is the default."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-import yaml
+from pydantic import Field, field_validator, model_validator
 
-PRESETS = ("full", "tiny")
+from pipelines.common.config import TaskConfig, TaskOptions
+from pipelines.common.segmentation import VolumeOptions
 
+NAMING_2018 = "brats2018"
+NAMING_2023 = "brats2023"
 
-@dataclass(frozen=True)
-class BratsConfig:
-    """Configuration of the brats method.
-
-    Defaults are the Isensee-2017 recipe used by Hu et al. (PAPERS.md §1): Adam 5e-4, weight decay 5e-5,
-    lr × 0.985 per epoch, batch 2, 128³ patches, 300 epochs of 100 iterations, depth 5, 16 base filters,
-    dropout 0.3, deep supervision over the 3 finest levels.
-
-    Args:
-        head: ``multilevel`` (the method), ``regions`` or ``softmax`` (baselines).
-        beta: slope β of the multi-level activation.
-        thresholds: level thresholds t_k of the multi-level activation, increasing.
-        target_spacing: resample to this voxel size in mm before the network (``None`` keeps the grid).
-        roi_size: training patch and sliding-window size.
-        val_fraction: share of cases held out for validation (20% in the paper).
-        ds_weights: deep-supervision loss weights, finest first (normalised).
-        cache_rate: share of preprocessed training cases kept in memory.
-    """
-
-    preset: str = "full"
-    model_name: str = "brats_nested_unet"
-    head: str = "multilevel"
-    depth: int = 5
-    base_filters: int = 16
-    dropout: float = 0.3
-    deep_supervision_levels: int = 3
-    beta: float = 2.0
-    thresholds: tuple[float, float, float] = (-2.0, 0.0, 2.0)
-    target_spacing: tuple[float, float, float] | None = (1.0, 1.0, 1.0)
-    roi_size: tuple[int, int, int] = (128, 128, 128)
-    batch_size: int = 2
-    epochs: int = 300
-    iterations_per_epoch: int | None = 100
-    lr: float = 5e-4
-    weight_decay: float = 5e-5
-    lr_decay: float = 0.985
-    val_fraction: float = 0.2
-    ds_weights: tuple[float, ...] = (1.0, 0.5, 0.25)
-    sw_batch_size: int = 1
-    sw_overlap: float = 0.5
-    cache_rate: float = 1.0
-    num_workers: int = 0
-    intensity_shift: float = 0.1
-    intensity_scale: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
-        if self.head not in ("multilevel", "regions", "softmax"):
-            raise ValueError(f"head must be multilevel, regions or softmax, got {self.head!r}")
-        if len(self.thresholds) != 3 or not (self.thresholds[0] < self.thresholds[1] < self.thresholds[2]):
-            raise ValueError(f"thresholds must be three increasing values, got {self.thresholds}")
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        div = 2 ** (self.depth - 1)
-        if len(self.roi_size) != 3 or any(s % div for s in self.roi_size):
-            raise ValueError(f"roi_size {self.roi_size} must be 3 sizes divisible by 2^(depth-1) = {div}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.batch_size < 1 or self.epochs < 1:
-            raise ValueError("batch_size and epochs must be >= 1")
-
-    @property
-    def model_kwargs(self) -> dict[str, Any]:
-        return {
-            "in_channels": 4,
-            "head": self.head,
-            "depth": self.depth,
-            "base_filters": self.base_filters,
-            "dropout": self.dropout,
-            "deep_supervision_levels": self.deep_supervision_levels,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BratsConfig:
-        """Rebuild from ``to_dict`` output (lists back to tuples); unknown keys raise ``ValueError``."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown brats config keys: {sorted(unknown)}")
-        conv = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**conv)
-
-
-TINY = {
-    "preset": "tiny",
+TINY: dict[str, Any] = {
     "depth": 3,
     "base_filters": 8,
     "dropout": 0.1,
@@ -116,20 +29,99 @@ TINY = {
 }
 
 
-def make_config(preset: str = "full", config_path: Path | None = None, epochs: int | None = None) -> BratsConfig:
-    """The preset, overridden by a YAML file's keys, then by ``epochs``.
+class BratsConfig(TaskConfig):
+    """Configuration of the brats method.
 
-    Raises:
-        ValueError: unknown preset or keys, or invalid values.
+    Defaults are the Isensee-2017 recipe used by Hu et al. (PAPERS.md §1): Adam 5e-4, weight decay 5e-5,
+    lr × 0.985 per epoch, batch 2, 128³ patches, 300 epochs of 100 iterations, depth 5, 16 base filters,
+    dropout 0.3, deep supervision over the 3 finest levels.
+
+    Args:
+        head: ``multilevel`` (the method), ``regions`` or ``softmax`` (baselines).
+        beta: slope β of the multi-level activation.
+        thresholds: level thresholds t_k of the multi-level activation, increasing.
+        target_spacing: resample to this voxel size in mm before the network (``None`` keeps the grid).
+        roi_size: training patch and sliding-window size.
+        val_fraction: share of cases held out for validation (20% in the paper).
+        ds_weights: deep-supervision loss weights, finest first (normalised).
+        sw_batch_size: sliding windows per forward pass in validation.
+        cache_rate: share of preprocessed training cases kept in memory.
     """
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
-    cfg = BratsConfig(**TINY) if preset == "tiny" else BratsConfig()  # type: ignore[arg-type]
-    if config_path is not None:
-        overrides = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {}
-        if not isinstance(overrides, dict):
-            raise ValueError(f"{config_path}: expected a mapping of config keys")
-        cfg = BratsConfig.from_dict({**cfg.to_dict(), **overrides})
-    if epochs is not None:
-        cfg = replace(cfg, epochs=epochs)
-    return cfg
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"tiny": TINY}
+    #: stored by medinfer 0.1 checkpoints, read by nothing
+    LEGACY_KEYS: ClassVar[frozenset[str]] = frozenset({"sw_overlap"})
+
+    model_name: str = "brats_nested_unet"
+    head: Literal["multilevel", "regions", "softmax"] = "multilevel"
+    depth: int = Field(5, ge=2, le=7)
+    base_filters: int = Field(16, ge=1)
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    deep_supervision_levels: int = Field(3, ge=1)
+    beta: float = Field(2.0, gt=0.0)
+    thresholds: tuple[float, float, float] = (-2.0, 0.0, 2.0)
+    target_spacing: tuple[float, float, float] | None = (1.0, 1.0, 1.0)
+    roi_size: tuple[int, int, int] = (128, 128, 128)
+    batch_size: int = Field(2, ge=1)
+    epochs: int = Field(300, ge=1)
+    iterations_per_epoch: int | None = Field(100, ge=1)
+    lr: float = Field(5e-4, gt=0.0)
+    weight_decay: float = Field(5e-5, ge=0.0)
+    lr_decay: float = Field(0.985, gt=0.0, le=1.0)
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    ds_weights: tuple[float, ...] = (1.0, 0.5, 0.25)
+    sw_batch_size: int = Field(1, ge=1)
+    cache_rate: float = Field(1.0, ge=0.0, le=1.0)
+    num_workers: int = Field(0, ge=0)
+    intensity_shift: float = Field(0.1, ge=0.0)
+    intensity_scale: float = Field(0.1, ge=0.0)
+
+    @field_validator("thresholds")
+    @classmethod
+    def _increasing(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if not value[0] < value[1] < value[2]:
+            raise ValueError(f"thresholds must be three increasing values, got {value}")
+        return value
+
+    @field_validator("target_spacing")
+    @classmethod
+    def _positive_spacing(cls, value: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+        if value is not None and min(value) <= 0:
+            raise ValueError(f"target_spacing must be positive, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _roi_fits_depth(self) -> BratsConfig:
+        div = 2 ** (self.depth - 1)
+        if any(s % div for s in self.roi_size):
+            raise ValueError(f"roi_size {self.roi_size} must be divisible by 2^(depth-1) = {div}")
+        return self
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        return {
+            "in_channels": 4,
+            "head": self.head,
+            "depth": self.depth,
+            "base_filters": self.base_filters,
+            "dropout": self.dropout,
+            "deep_supervision_levels": self.deep_supervision_levels,
+        }
+
+
+class BratsOptions(VolumeOptions):
+    """``medinfer predict brats`` options (also the service's ``options`` field)."""
+
+    labels: Literal["brats2018", "brats2023"] | None = Field(
+        None, description="Output label convention: brats2018 (0/1/2/4) or brats2023 (0/1/2/3); default: the input's."
+    )
+
+
+class BratsTrainOptions(TaskOptions):
+    """``medinfer train brats`` flags beyond the config."""
+
+    all_cases: bool = Field(
+        False,
+        description="Final retrain on every labelled case with the fixed recipe and no validation split (the "
+        "paper's last step); keeps the last epoch.",
+    )

@@ -1,11 +1,9 @@
-"""Finding BraTS cases on disk and splitting them."""
+"""Finding BraTS cases on disk (the split is the runner's seeded ``split_indices``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from pipelines.brats.transforms import MODALITIES, parse_name
 from pipelines.common import keys
@@ -34,12 +32,3 @@ def discover_cases(root: Path, require_label: bool = True) -> list[dict[str, Any
         what = "labelled " if require_label else ""
         raise ValueError(f"{root}: no complete {what}BraTS cases found (need *_t1/_t1ce/_t2/_flair[/_seg].nii.gz)")
     return sorted(cases, key=lambda c: c[keys.CASE_ID])
-
-
-def split_cases(cases: list[dict[str, Any]], val_fraction: float, seed: int) -> tuple[list, list]:
-    """Seeded random split into (train, validation); at least one case on each side when possible."""
-    order = np.random.default_rng(seed).permutation(len(cases))
-    n_val = max(1, round(len(cases) * val_fraction)) if len(cases) > 1 else 0
-    val = [cases[i] for i in order[:n_val]]
-    train = [cases[i] for i in order[n_val:]]
-    return train, val

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
     ConvertToMultiChannelBasedOnBratsClasses,
@@ -33,12 +31,12 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from pipelines.brats.config import BratsConfig
+from models.nested_unet import BRATS_MODALITIES as MODALITIES
+from pipelines.brats.config import NAMING_2018, NAMING_2023, BratsConfig
 from pipelines.common import keys
 from pipelines.common.errors import InputError
-from pipelines.common.io import NIFTI_SUFFIXES, Volume, read_volume
+from pipelines.common.io import NIFTI_SUFFIXES, Volume, read_coregistered, read_volume, stack_channels
 
-MODALITIES = ("t1", "t1ce", "t2", "flair")
 #: role aliases, canonical name first; the 2023 names map onto the 2018 ones
 ALIASES: dict[str, str] = {
     "t1": "t1",
@@ -52,8 +50,6 @@ ALIASES: dict[str, str] = {
     "t2f": "flair",
     "seg": "seg",
 }
-NAMING_2018 = "brats2018"
-NAMING_2023 = "brats2023"
 LABEL_CONVENTIONS = (NAMING_2018, NAMING_2023)
 #: level (0 bg, 1 ED, 2 NCR/NET, 3 ET) → label value in each convention
 LEVEL_TO_LABEL = {NAMING_2018: (0, 2, 1, 4), NAMING_2023: (0, 2, 1, 3)}
@@ -90,24 +86,10 @@ def read_case(paths: Mapping[str, Path], with_label: bool = False) -> tuple[dict
     Raises:
         InputError: a missing modality, an unreadable file, or modalities of different shapes or geometry.
     """
-    missing = [m for m in MODALITIES if m not in paths]
-    if missing:
-        where = next(iter(paths.values())).parent if paths else Path("<case>")
-        raise InputError(where, f"missing modality {', '.join(missing)} (a case needs {', '.join(MODALITIES)})")
-    vols = {m: read_volume(paths[m]) for m in MODALITIES}
-    ref = vols[MODALITIES[0]]
-    for m in MODALITIES[1:]:
-        v = vols[m]
-        if v.shape != ref.shape:
-            raise InputError(
-                v.path, f"shape {v.shape} differs from {ref.path.name} {ref.shape}; modalities must share a grid"
-            )
-        if not np.allclose(v.affine, ref.affine, atol=1e-3):
-            raise InputError(
-                v.path, f"geometry (affine) differs from {ref.path.name}; modalities must be co-registered"
-            )
+    vols = read_coregistered(paths, MODALITIES, what="modality")
     label = None
     if with_label:
+        ref = vols[MODALITIES[0]]
         if "seg" not in paths:
             raise InputError(ref.path.parent, "no segmentation (seg) file for this case")
         label = read_label(paths["seg"], ref, naming_of(paths))
@@ -142,13 +124,7 @@ def labels_to_levels(labels: np.ndarray) -> np.ndarray:
 
 def stack_case(vols: Mapping[str, Volume], label: Volume | None = None) -> dict[str, Any]:
     """MetaTensors for the transforms: image (4, X, Y, Z) in modality order, label (1, X, Y, Z)."""
-    ref = vols[MODALITIES[0]]
-    affine = torch.as_tensor(ref.affine, dtype=torch.float64)
-    image = np.stack([vols[m].array for m in MODALITIES]).astype(np.float32)
-    data: dict[str, Any] = {keys.IMAGE: MetaTensor(torch.from_numpy(image), affine=affine.clone())}
-    if label is not None:
-        data[keys.LABEL] = MetaTensor(torch.from_numpy(label.array[None].astype(np.float32)), affine=affine.clone())
-    return data
+    return stack_channels(vols, MODALITIES, label)
 
 
 class LoadBratsCased(MapTransform):

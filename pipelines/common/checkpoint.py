@@ -2,8 +2,11 @@
 
 Layout (``FORMAT_VERSION`` 1)::
 
-    {format_version, task, model_name, model_kwargs, config, state_dict, labels, preprocessing, metrics,
-     provenance{dataset, data_card, seed, trained_at, code_version}, extra}
+    {format_version, task, model_name, model_kwargs, config, state_dict, labels, heads, preprocessing, metrics,
+     provenance{dataset, data_card, seed, trained_at, code_version, synthetic}, extra}
+
+``labels`` lists every output name in order; ``heads`` maps each output head to its labels (checkpoints written
+before heads existed have none, and :meth:`Checkpoint.head_labels` falls back to one head of all labels).
 
 Everything but ``state_dict`` (and tensors inside ``extra``) is plain JSON-like data, so no code is ever
 unpickled. ``extra`` carries method-specific tensors and records (e.g. prototype sources, thresholds).
@@ -26,6 +29,20 @@ from torch import nn
 
 from models import create_model
 from pipelines.common.errors import CheckpointError
+from pipelines.common.paths import checkpoints_dir
+
+__all__ = [
+    "BEST_NAME",
+    "LAST_NAME",
+    "Checkpoint",
+    "checkpoints_dir",
+    "install_checkpoint",
+    "installed_checkpoint",
+    "load_checkpoint",
+    "make_provenance",
+    "resolve_checkpoint_path",
+    "save_checkpoint",
+]
 
 FORMAT_VERSION = 1
 BEST_NAME = "best.pt"
@@ -42,6 +59,7 @@ class Checkpoint:
     model_kwargs: dict[str, Any]
     state_dict: dict[str, torch.Tensor]
     labels: list[str]
+    heads: dict[str, list[str]] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     preprocessing: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -51,10 +69,26 @@ class Checkpoint:
     path: Path | None = None
 
     def build_model(self, device: torch.device | str = "cpu") -> nn.Module:
-        """Rebuild the network from the registry and load the weights (eval mode)."""
-        model = create_model(self.model_name, **self.model_kwargs)
+        """Rebuild the network from the registry and load the weights (eval mode).
+
+        Options missing from ``model_kwargs`` take the spec's ``legacy_kwargs`` (the values that held before the
+        option existed), so checkpoints written by older versions keep loading after a default changes.
+        """
+        from models import get_model_spec  # beside create_model; imported here to keep this change to one method
+
+        spec = get_model_spec(self.model_name)
+        model = create_model(self.model_name, **{**spec.legacy_kwargs, **self.model_kwargs})
         model.load_state_dict(self.state_dict)
         return model.to(device).eval()
+
+    def head_labels(self, default_head: str = "output") -> dict[str, list[str]]:
+        """Labels per output head (one head of all labels for checkpoints that predate heads)."""
+        return {k: list(v) for k, v in self.heads.items()} if self.heads else {default_head: list(self.labels)}
+
+    @property
+    def synthetic_demo(self) -> bool:
+        """Whether the model was trained on synthetic data (then its outputs on real inputs mean nothing)."""
+        return bool(self.provenance.get("synthetic", self.extra.get("synthetic", False)))
 
     @property
     def version(self) -> str:
@@ -102,6 +136,7 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
         "config": ckpt.config,
         "state_dict": {k: v.detach().cpu() for k, v in ckpt.state_dict.items()},
         "labels": list(ckpt.labels),
+        "heads": {k: list(v) for k, v in ckpt.heads.items()},
         "preprocessing": ckpt.preprocessing,
         "metrics": ckpt.metrics,
         "provenance": ckpt.provenance,
@@ -140,6 +175,7 @@ def load_checkpoint(path: str | Path, task: str | None = None) -> Checkpoint:
         model_kwargs=dict(raw["model_kwargs"]),
         state_dict=raw["state_dict"],
         labels=list(raw["labels"]),
+        heads={str(k): list(v) for k, v in (raw.get("heads") or {}).items()},
         config=dict(raw.get("config") or {}),
         preprocessing=dict(raw.get("preprocessing") or {}),
         metrics=dict(raw.get("metrics") or {}),
@@ -161,12 +197,6 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     if not p.is_file():
         raise CheckpointError(f"{p}: checkpoint not found")
     return p
-
-
-def checkpoints_dir() -> Path:
-    """Where installed checkpoints live: ``$MEDINFER_CHECKPOINTS`` or ``~/.cache/medinfer/checkpoints``."""
-    env = os.environ.get("MEDINFER_CHECKPOINTS")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "medinfer" / "checkpoints"
 
 
 def installed_checkpoint(task: str, directory: str | Path | None = None) -> Path | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,52 @@ def read_volume(path: str | Path) -> Volume:
     if has_suffix(p, ITK_SUFFIXES):
         return _read_itk(p)
     raise InputError(p, "has an unsupported format; expected NIfTI (.nii, .nii.gz), MHA/NRRD or a DICOM series folder")
+
+
+def read_coregistered(paths: Mapping[str, Path], channels: Sequence[str], what: str = "channel") -> dict[str, Volume]:
+    """Read the named channels of one case and check that they share one grid.
+
+    Args:
+        paths: channel name → file or DICOM series folder (other keys are ignored).
+        channels: the channels required, in model order.
+        what: what a channel is called in messages (``modality``, ``sequence``).
+
+    Raises:
+        InputError: a missing channel, an unreadable file, or channels of different shape or geometry.
+    """
+    missing = [c for c in channels if c not in paths]
+    if missing:
+        where = next(iter(paths.values())).parent if paths else Path("<case>")
+        raise InputError(where, f"missing {what} {', '.join(missing)} (a case needs {', '.join(channels)})")
+    vols = {c: read_volume(paths[c]) for c in channels}
+    ref = vols[channels[0]]
+    for c in channels[1:]:
+        v = vols[c]
+        if v.shape != ref.shape:
+            raise InputError(
+                v.path, f"shape {v.shape} differs from {ref.path.name} {ref.shape}; every {what} must be on one grid"
+            )
+        if not np.allclose(v.affine, ref.affine, atol=1e-3):
+            raise InputError(
+                v.path, f"geometry (affine) differs from {ref.path.name}; every {what} must be co-registered"
+            )
+    return vols
+
+
+def stack_channels(vols: Mapping[str, Volume], channels: Sequence[str], label: Volume | None = None) -> dict[str, Any]:
+    """MetaTensors for MONAI transforms: ``image`` (C, X, Y, Z) in channel order, ``label`` (1, X, Y, Z)."""
+    import torch
+    from monai.data import MetaTensor
+
+    from pipelines.common import keys
+
+    ref = vols[channels[0]]
+    affine = torch.as_tensor(ref.affine, dtype=torch.float64)
+    image = np.stack([vols[c].array for c in channels]).astype(np.float32)
+    data: dict[str, Any] = {keys.IMAGE: MetaTensor(torch.from_numpy(image), affine=affine.clone())}
+    if label is not None:
+        data[keys.LABEL] = MetaTensor(torch.from_numpy(label.array[None].astype(np.float32)), affine=affine.clone())
+    return data
 
 
 def write_like(array: np.ndarray, ref: Volume, path: Path, dtype: type = np.uint8) -> Path:

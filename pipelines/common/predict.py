@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.common.errors import InputError
-from pipelines.common.task import InputItem, Predictor, Prepared
+from pipelines.common.task import Collected, InputItem, ItemOutput, OutputFile, Predictor, Prepared
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ REPORT_CSV = "report.csv"
 
 @dataclass
 class ItemResult:
-    """Outcome of one input: ``status`` is ``ok``, ``error`` or ``skipped``."""
+    """Outcome of one input: ``status`` is ``ok``, ``error`` or ``skipped``; ``files`` are the files written."""
 
     input: str
     status: str
@@ -30,12 +30,14 @@ class ItemResult:
     error: str | None = None
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    files: list[OutputFile] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "input": self.input,
             "status": self.status,
             "outputs": self.outputs,
+            "files": [f.to_dict() for f in self.files],
             "error": self.error,
             "seconds": round(self.seconds, 4),
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
@@ -83,7 +85,7 @@ def _describe(item: InputItem) -> str:
 
 def run_predictions(
     predictor: Predictor,
-    items: Sequence[InputItem],
+    items: Collected | Sequence[InputItem],
     out_dir: Path,
     *,
     task: str,
@@ -93,20 +95,24 @@ def run_predictions(
     """Prepare, run and finish every item, in batches of ``predictor.max_batch``.
 
     A bad input gets an ``error`` result naming the file and the problem; without ``continue_on_error``
-    the remaining inputs are marked ``skipped``. ``report.json`` and ``report.csv`` are always written.
+    the remaining inputs are marked ``skipped``. Paths that could not be grouped (``Collected.errors``) are
+    reported first, as errors. ``report.json`` and ``report.csv`` are always written.
 
     Args:
         predictor: a loaded predictor.
-        items: grouped inputs.
+        items: grouped inputs (a :class:`Collected`, or items only).
         out_dir: where results and the reports go.
         task: task name for the report.
         continue_on_error: keep going after a failed input.
         progress: called with the number of inputs just completed.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    results: list[ItemResult] = []
-    stop = False
-    pending = list(items)
+    collected = items if isinstance(items, Collected) else Collected(list(items))
+    results = [ItemResult(exc.path, "error", error=str(exc)) for exc in collected.errors]
+    stop = bool(results) and not continue_on_error
+    if collected.errors and progress is not None:
+        progress(len(collected.errors))
+    pending = list(collected.items)
     batch_size = max(1, int(predictor.max_batch))
     while pending:
         chunk, pending = pending[:batch_size], pending[batch_size:]
@@ -115,12 +121,12 @@ def run_predictions(
                 ItemResult(_describe(it), "skipped", error="stopped after an earlier failure") for it in chunk
             )
             continue
-        prepared: list[tuple[Prepared, float]] = []
+        prepared: list[tuple[Prepared, float, int]] = []
         chunk_results: dict[int, ItemResult] = {}
         for idx, item in enumerate(chunk):
             t0 = time.perf_counter()
             try:
-                prepared.append((predictor.prepare(item), t0))
+                prepared.append((predictor.prepare(item), t0, idx))
             except InputError as exc:
                 chunk_results[idx] = ItemResult(
                     _describe(item), "error", error=str(exc), seconds=time.perf_counter() - t0
@@ -128,25 +134,26 @@ def run_predictions(
         if prepared:
             t_run = time.perf_counter()
             try:
-                raws = predictor.run([p for p, _ in prepared])
+                raws = predictor.run([p for p, _, _ in prepared])
                 run_error: str | None = None
             except InputError as exc:
                 raws, run_error = [None] * len(prepared), str(exc)
             run_share = (time.perf_counter() - t_run) / len(prepared)
-            for (prep, t0), raw in zip(prepared, raws, strict=True):
-                idx = chunk.index(prep.item)
+            for (prep, t0, idx), raw in zip(prepared, raws, strict=True):
                 if run_error is not None:
                     chunk_results[idx] = ItemResult(_describe(prep.item), "error", error=run_error)
                     continue
                 try:
-                    outputs = predictor.finish(prep, raw, out_dir)
+                    output = predictor.finish(prep, raw, out_dir)
                     status, error = "ok", None
                 except InputError as exc:
-                    outputs, status, error = {}, "error", str(exc)
+                    output, status, error = ItemOutput({}), "error", str(exc)
                 # ``run`` may time itself per input (volumes); otherwise each input gets its share of the batch
                 timings = {**prep.timings, "infer": prep.timings.get("infer", run_share)}
                 elapsed = time.perf_counter() - t0
-                chunk_results[idx] = ItemResult(_describe(prep.item), status, outputs, error, elapsed, timings)
+                chunk_results[idx] = ItemResult(
+                    _describe(prep.item), status, output.data, error, elapsed, timings, output.files
+                )
         for idx in range(len(chunk)):
             res = chunk_results[idx]
             if res.status == "error":

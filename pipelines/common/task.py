@@ -3,6 +3,13 @@
 A task module ``pipelines/<name>/task.py`` defines a :class:`Task` subclass and registers an instance with
 :func:`register_task`. :func:`get_task` and :func:`list_tasks` discover task packages under ``pipelines``
 (any sub-package with a ``task`` module), so adding a task never touches ``app/``.
+
+The typed contracts between a task and the faces:
+
+- :class:`InputContract` and its :class:`OutputHead`\\ s: what a task accepts and the labels of each head;
+- a task's options model (a :class:`~pipelines.common.config.TaskOptions`), carried by each :class:`InputItem`
+  and :class:`Prepared`, so that one loaded model serves requests with different options;
+- :class:`ItemOutput`: what ``finish`` returns: the JSON data and the files written, by role.
 """
 
 from __future__ import annotations
@@ -13,35 +20,81 @@ import importlib
 import importlib.util
 import pkgutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from pipelines.common.checkpoint import Checkpoint
+from pipelines.common.config import TaskConfig, TaskOptions
+from pipelines.common.device import resolve_device
+from pipelines.common.errors import InputError
+
+if TYPE_CHECKING:
+    from pipelines.common.checkpoint import Checkpoint
+
+__all__ = [
+    "Collected",
+    "InputContract",
+    "InputItem",
+    "ItemOutput",
+    "OutputFile",
+    "OutputHead",
+    "PredictOptions",
+    "Predictor",
+    "Prepared",
+    "Task",
+    "TaskOptions",
+    "TrainOptions",
+    "expand_paths",
+    "get_task",
+    "list_tasks",
+    "register_task",
+    "resolve_device",
+]
+
+
+@dataclass(frozen=True)
+class OutputHead:
+    """One output head of a task's model and the names of its outputs.
+
+    Args:
+        name: head name (``regions``, ``statements``, ``subtype``, ``path_a``...).
+        labels: output names in order (classes, regions or zones).
+        activation: how logits become probabilities: ``sigmoid`` (multi-label), ``softmax`` (one class),
+            or a task's own (``multilevel``).
+    """
+
+    name: str
+    labels: tuple[str, ...]
+    activation: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "labels": list(self.labels), "activation": self.activation}
 
 
 @dataclass(frozen=True)
 class InputContract:
-    """What a task accepts, as shown by ``medinfer models`` and ``GET /api/v1/models``.
+    """What a task accepts and returns, as shown by ``medinfer models`` and ``GET /api/v1/models``.
 
     Args:
         description: one line on what an input is.
+        kind: ``volume`` (3D image with geometry), ``signal`` or ``image`` (2D).
         channels: modality or lead names in model order.
         formats: accepted file formats.
-        label_names: names of the outputs.
-        sampling_rate_hz: the model's rate for signals (``None`` for images).
-        notes: anything else a user must know (orientation, spacing, units).
+        heads: the model's output heads with their labels.
+        notes: anything else a user must know (orientation, spacing, units, rates).
     """
 
     description: str
+    kind: str
     channels: tuple[str, ...]
     formats: tuple[str, ...]
-    label_names: tuple[str, ...]
-    sampling_rate_hz: float | None = None
+    heads: tuple[OutputHead, ...]
     notes: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out["heads"] = [h.to_dict() for h in self.heads]
+        return out
 
 
 @dataclass(frozen=True)
@@ -51,44 +104,60 @@ class InputItem:
     Args:
         name: display name, used for output file names (no patient identifiers).
         paths: the files that make it up, by role (``{"t1": ..., "flair": ...}`` or ``{"record": ...}``).
-        explain: also explain this item (per-request switch for the service; ORed with the options').
+        explain: also explain this item (per-request switch for the service; ORed with the run's).
+        options: this item's task options (per request in the service); ``None``: the predictor's.
     """
 
     name: str
     paths: dict[str, Path]
     explain: bool = False
+    options: TaskOptions | None = None
+
+
+@dataclass
+class Collected:
+    """What ``collect_inputs`` grouped: prediction items, and the paths that could not be used, as errors."""
+
+    items: list[InputItem] = field(default_factory=list)
+    errors: list[InputError] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items) + len(self.errors)
 
 
 @dataclass(frozen=True)
 class PredictOptions:
-    """Inference options common to every task; a task ignores the ones that do not apply to it.
+    """Inference options of every task; a task's own options are the typed ``task`` model.
 
     Args:
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
-        batch_size: inputs per forward pass (signals, images) or sliding-window batch (volumes).
+        batch_size: inputs per forward pass (a task that takes one input at a time ignores it).
         amp: mixed precision on CUDA (never on CPU).
         explain: also write the task's explanation.
-        tta: mirror test-time augmentation (volumes).
-        labels: output label convention when a task has several (``brats2018``, ``brats2023``).
-        overlay: also write a preview PNG.
-        overlap: sliding-window overlap (volumes).
-        sampling_rate: rate in Hz for signal files that do not carry one (CSV/NPY).
+        task: the task's options (``None``: the task's defaults).
     """
 
     device: str = "auto"
     batch_size: int = 1
     amp: bool = True
     explain: bool = False
-    tta: bool = False
-    labels: str | None = None
-    overlay: bool = False
-    overlap: float = 0.5
-    sampling_rate: float | None = None
+    task: TaskOptions | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainOptions:
-    """Options of ``medinfer train`` (the typed per-task config is built from these by the task)."""
+    """Options of ``medinfer train``; the typed config is built from ``preset``, ``config_path`` and ``epochs``.
+
+    Args:
+        data_dir: dataset root in the real layout.
+        out_dir: run folder.
+        preset: ``full`` (published recipe) or another preset of the task's config.
+        config_path: YAML of config overrides.
+        epochs: epochs (per stage) override.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        seed: random seed.
+        task: the task's training options (``None``: defaults).
+    """
 
     data_dir: Path
     out_dir: Path
@@ -97,7 +166,7 @@ class TrainOptions:
     epochs: int | None = None
     device: str = "auto"
     seed: int = 0
-    stage: str | None = None
+    task: TaskOptions | None = None
 
 
 @dataclass
@@ -105,31 +174,68 @@ class Prepared:
     """An input read and preprocessed, ready for the forward pass.
 
     ``data`` is whatever the predictor's ``run`` consumes; ``context`` is what ``finish`` needs to map the
-    result back to the input's space (geometry, original header, label convention...).
+    result back to the input's space (geometry, original header, label convention...); ``options`` are the
+    task options this input is predicted with.
     """
 
     item: InputItem
     data: Any
     context: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    options: Any = None
 
 
-class Predictor(abc.ABC):
+@dataclass(frozen=True)
+class OutputFile:
+    """A file ``finish`` wrote: its role (``segmentation``, ``probabilities``, ``overlay``, ``explanation``,
+    ``result``...) and its path relative to the output folder (POSIX separators)."""
+
+    role: str
+    path: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"role": self.role, "path": self.path}
+
+
+@dataclass
+class ItemOutput:
+    """The typed result of ``finish``: JSON data (what the per-input JSON file holds) and the files written."""
+
+    data: dict[str, Any]
+    files: list[OutputFile] = field(default_factory=list)
+
+    def add(self, role: str, path: Path, out_dir: Path) -> str:
+        """Record a written file; return its name relative to ``out_dir``."""
+        rel = Path(path).relative_to(out_dir).as_posix()
+        self.files.append(OutputFile(role, rel))
+        return rel
+
+
+OptionsT = TypeVar("OptionsT", bound=TaskOptions)
+
+
+class Predictor(abc.ABC, Generic[OptionsT]):
     """A loaded model ready to predict. Offline CLI and service call the same three steps.
 
     ``prepare`` reads and preprocesses one input (raising :class:`~pipelines.common.errors.InputError`),
     ``run`` does the forward pass on a batch of prepared inputs (volume tasks set ``max_batch = 1`` and batch
-    at the sliding-window level), ``finish`` maps a raw output back to the input's space and writes results.
+    at the sliding-window level), ``finish`` maps a raw output back to the input's space, writes files and
+    returns an :class:`ItemOutput`. Each input carries its own task options (``Prepared.options``).
     """
 
     #: the most prepared inputs ``run`` takes at once
     max_batch: int = 1
+    #: the task's options model
+    options_model: ClassVar[type[TaskOptions]] = TaskOptions
 
     def __init__(self, checkpoint: Checkpoint, options: PredictOptions) -> None:
         import torch
 
         self.checkpoint = checkpoint
         self.options = options
+        self.task_options: OptionsT = options.task if options.task is not None else self.options_model()  # type: ignore[assignment]
+        if not isinstance(self.task_options, self.options_model):
+            raise TypeError(f"task options must be {self.options_model.__name__}, got {type(options.task).__name__}")
         self.device = torch.device(resolve_device(options.device))
         self.model = checkpoint.build_model(self.device)
 
@@ -139,6 +245,10 @@ class Predictor(abc.ABC):
 
         self.device = torch.device(device)
         self.model.to(self.device)
+
+    def item_options(self, item: InputItem) -> OptionsT:
+        """The task options of one input (its own, else the predictor's)."""
+        return item.options if item.options is not None else self.task_options  # type: ignore[return-value]
 
     def wants_explanation(self, item: InputItem) -> bool:
         """Whether to explain this item (the run's option or the item's own switch)."""
@@ -153,7 +263,7 @@ class Predictor(abc.ABC):
         """Forward pass on prepared inputs; one raw output per input, in order."""
 
     @abc.abstractmethod
-    def finish(self, prepared: Prepared, raw: Any, out_dir: Path) -> dict[str, Any]:
+    def finish(self, prepared: Prepared, raw: Any, out_dir: Path) -> ItemOutput:
         """Post-process one output into the input's space, write files under ``out_dir``, return the result."""
 
     def warmup(self) -> None:  # noqa: B027 - optional hook, empty by default
@@ -161,12 +271,24 @@ class Predictor(abc.ABC):
 
 
 class Task(abc.ABC):
-    """One published method: its contract and every step from synthetic data to explanation."""
+    """One published method: its contract and every step from synthetic data to explanation.
+
+    Class attributes a task sets: ``name``, ``title``, ``data_card`` (file under ``data_cards/``),
+    ``default_model`` (registry name), ``options_model`` (inference options), ``train_options_model``
+    (training flags beyond the config), ``config_class`` (its :class:`TaskConfig`) and ``run_class`` (its
+    :class:`~pipelines.common.trainer.TrainingRun`).
+    """
 
     name: str = ""
     title: str = ""
     data_card: str = ""
     default_model: str = ""
+    options_model: ClassVar[type[TaskOptions]] = TaskOptions
+    train_options_model: ClassVar[type[TaskOptions]] = TaskOptions
+    config_class: ClassVar[type[TaskConfig]] = TaskConfig
+    run_class: ClassVar[type[Any]]
+    #: task options ``medinfer demo`` predicts with
+    demo_options: ClassVar[dict[str, Any]] = {}
 
     @property
     @abc.abstractmethod
@@ -174,23 +296,50 @@ class Task(abc.ABC):
         """The input contract."""
 
     @abc.abstractmethod
-    def synth(self, out_dir: Path, n: int, seed: int, dicom: bool = False, variant: str | None = None) -> Path:
-        """Write a synthetic dataset in the real dataset's on-disk layout; return its root."""
+    def generate(self, out_dir: Path, n: int, seed: int, dicom: bool, variant: str | None) -> tuple[Path, dict]:
+        """Write a synthetic dataset in the real dataset's layout; return its root and facts for the marker."""
 
-    @abc.abstractmethod
+    def synth(self, out_dir: Path, n: int, seed: int, dicom: bool = False, variant: str | None = None) -> Path:
+        """Write a synthetic dataset in the real dataset's on-disk layout, marked as synthetic; return its root.
+
+        Raises:
+            ValueError: an unknown variant or invalid size.
+        """
+        from pipelines.common.synthetic import mark_synthetic
+
+        root, facts = self.generate(Path(out_dir), n, seed, dicom, variant)
+        mark_synthetic(root, {"task": self.name, "n": n, "seed": seed, "dicom": dicom, **facts})
+        return root
+
+    def make_run(self, options: TrainOptions) -> Any:
+        """The training run of ``options`` (config from the preset, YAML and epochs).
+
+        Raises:
+            ConfigError: unknown preset, keys or invalid values.
+        """
+        config = self.config_class.load(options.preset, options.config_path, options.epochs)
+        return self.run_class(self, config, options)
+
     def train(self, options: TrainOptions) -> Path:
         """Train, write best/last checkpoints, metrics.json, a curve PNG and a model card; return the run dir."""
+        return Path(self.make_run(options).run())
+
+    def untrained_checkpoint(self, preset: str = "tiny", seed: int = 0) -> Checkpoint:
+        """A randomly initialised checkpoint of ``preset``: for tests, the battery and speed benchmarks only."""
+        run = self.make_run(
+            TrainOptions(data_dir=Path("untrained"), out_dir=Path("untrained"), preset=preset, seed=seed)
+        )
+        return run.untrained_checkpoint()
 
     @abc.abstractmethod
     def evaluate(self, data_dir: Path, checkpoint: Checkpoint, out_dir: Path, options: PredictOptions) -> dict:
         """Evaluate on a labelled dataset; write per-case CSV and summary JSON; return the summary."""
 
     @abc.abstractmethod
-    def collect_inputs(self, inputs: Sequence[str]) -> list[InputItem]:
+    def collect_inputs(self, inputs: Sequence[str]) -> Collected:
         """Group user-given paths (files, folders, globs, ``role=path``) into prediction items.
 
-        Raises:
-            InputError: for a path that does not exist or cannot be grouped.
+        A path that does not exist or cannot be grouped comes back in ``errors``, naming it.
         """
 
     @abc.abstractmethod
@@ -205,6 +354,19 @@ class Task(abc.ABC):
     def demo_inputs(self, data_dir: Path) -> list[str]:
         """Inputs of a synthetic dataset that ``medinfer demo`` predicts on (held-out ones)."""
 
+    # -- options -------------------------------------------------------------------------------------------
+    def parse_options(self, values: dict[str, Any], source: str = "") -> TaskOptions:
+        """This task's inference options from a mapping (flags, a form field, settings).
+
+        Raises:
+            ConfigError: an unknown option or invalid value, named.
+        """
+        return self.options_model.parse(values, source)
+
+    def parse_train_options(self, values: dict[str, Any], source: str = "") -> TaskOptions:
+        """This task's training options from a mapping."""
+        return self.train_options_model.parse(values, source)
+
     def describe(self) -> dict[str, Any]:
         """JSON-able summary for ``medinfer models`` and the service."""
         return {
@@ -213,6 +375,9 @@ class Task(abc.ABC):
             "default_model": self.default_model,
             "data_card": self.data_card,
             "contract": self.contract.to_dict(),
+            "options": self.options_model.model_json_schema(),
+            "train_options": self.train_options_model.model_json_schema(),
+            "presets": list(self.config_class.preset_names()),
         }
 
 
@@ -264,19 +429,6 @@ def get_task(name: str) -> Task:
     return _TASKS[name]
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when available, else ``cpu``; anything else is checked and returned."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
-    return device
-
-
 def expand_paths(inputs: Sequence[str]) -> list[Path]:
     """Expand globs; keep non-matching literal paths so their absence is reported by name."""
     import glob
@@ -289,3 +441,8 @@ def expand_paths(inputs: Sequence[str]) -> list[Path]:
         else:
             out.append(Path(raw).expanduser())
     return out
+
+
+def with_explain(items: Sequence[InputItem], explain: bool) -> list[InputItem]:
+    """Items switched to explanation (per request)."""
+    return [replace(it, explain=True) for it in items] if explain else list(items)

@@ -1,164 +1,373 @@
-"""A small training loop with hooks (nnU-Net style): a method overrides one hook, not the loop.
+"""One training runner for every task (nnU-Net's trainer as the model): a method overrides hooks, not the loop.
 
-Hooks: :meth:`Trainer.configure_optimizers`, :meth:`Trainer.train_step`, :meth:`Trainer.validate`,
-:meth:`Trainer.on_epoch_end`. The loop handles devices, AMP (CUDA only), gradient clipping, the learning
-rate schedule, best/last checkpoints, ``metrics.json`` and the training-curve PNG.
+:class:`TrainingRun` does what every run does: seeding, the device, the split and loaders (through hooks), the
+stages, the epoch loop with AMP (CUDA only) and gradient clipping, best/last checkpoints in one format,
+``metrics.json``, the training-curve PNG and the model card. A task overrides:
+
+- ``load_data`` (read and split the dataset) and ``make_loader`` (per stage);
+- ``build_model``;
+- ``train_step`` (the loss of one batch) and ``validate`` (the metrics of an epoch, with ``monitor``);
+- ``configure_optimizers`` (per stage);
+- ``stages`` and ``run_stage`` when the method trains in stages (ProtoECGNet) or has a stage without
+  gradients (prototype projection); ``on_improved`` / ``on_stage_end`` to change what is kept;
+- ``card`` (what the model card says), ``checkpoint_extra`` and ``preprocessing`` (what the checkpoint holds).
 """
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
 from torch import nn
 
+from pipelines.common.checkpoint import BEST_NAME, LAST_NAME, Checkpoint, make_provenance, save_checkpoint
+from pipelines.common.config import TaskConfig, TaskOptions
+from pipelines.common.device import amp_enabled, autocast, resolve_device
+from pipelines.common.modelcard import write_model_card
 from pipelines.common.plots import plot_curves
+from pipelines.common.seed import seed_everything
+from pipelines.common.synthetic import is_synthetic
+
+if TYPE_CHECKING:
+    from pipelines.common.task import Task, TrainOptions
+
+__all__ = ["CardText", "Stage", "TrainingRun", "to_device"]
 
 logger = logging.getLogger(__name__)
 
+ConfigT = TypeVar("ConfigT", bound=TaskConfig)
 
-class Trainer:
-    """Generic epoch loop.
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a run: its name, epochs, and whether it trains with gradients (the epoch loop)."""
+
+    name: str
+    epochs: int = 1
+    gradient: bool = True
+
+
+@dataclass
+class CardText:
+    """What a task's model card says beyond what the runner knows (see ``write_model_card``)."""
+
+    title: str
+    summary: str
+    intended_use: str
+    data: str
+    metrics: dict[str, Any]
+    method_notes: list[str] = field(default_factory=list)
+    limitations: list[str] = field(default_factory=list)
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors of a (nested) batch on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+class TrainingRun(abc.ABC, Generic[ConfigT]):
+    """One training run of a task.
 
     Args:
-        model: the network (moved to ``device``).
-        device: torch device string.
-        epochs: number of epochs.
-        out_dir: run folder for ``metrics.json`` and the curve.
-        monitor: validation metric that selects the best checkpoint.
-        mode: ``max`` or ``min`` for ``monitor``.
-        amp: use mixed precision (only honoured on CUDA).
-        grad_clip: max gradient norm, or ``None``.
-        save_fn: called as ``save_fn(kind, epoch, metrics)`` with kind ``best`` or ``last``.
-        iterations_per_epoch: cap on train batches per epoch (``None`` = one pass over the loader).
+        task: the task (its name, data card and model registry entry).
+        config: the typed config (published recipe or preset, with overrides).
+        options: ``medinfer train``'s options (data, run folder, device, seed, the task's training options).
+
+    Attributes set by :meth:`run`: ``device``, ``model``, ``history`` (every epoch of every stage, ``epoch``
+    counted across stages), ``stage_metrics`` (per stage), ``synthetic``, ``provenance``.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        device: str,
-        epochs: int,
-        out_dir: Path,
-        monitor: str,
-        mode: str = "max",
-        amp: bool = True,
-        grad_clip: float | None = 12.0,
-        save_fn: Callable[[str, int, dict[str, float]], None] | None = None,
-        iterations_per_epoch: int | None = None,
-    ) -> None:
-        if epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {epochs}")
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-        self.model = model.to(device)
-        self.device = torch.device(device)
-        self.epochs = epochs
-        self.out_dir = Path(out_dir)
-        self.monitor = monitor
-        self.mode = mode
-        self.use_amp = bool(amp) and self.device.type == "cuda"
-        self.grad_clip = grad_clip
-        self.save_fn = save_fn
-        self.iterations_per_epoch = iterations_per_epoch
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.history: list[dict[str, float]] = []
-        self.best_value = -math.inf if mode == "max" else math.inf
-        self.best_epoch = -1
-        self.optimizer, self.scheduler = self.configure_optimizers()
+    #: gradient-norm clipping (``None``: off); stated in the model card
+    grad_clip: float | None = 12.0
+    #: mixed precision when training on CUDA; stated in the model card
+    amp: bool = True
 
-    # -- hooks ---------------------------------------------------------------------------------------------
-    def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any]:
-        """Return ``(optimizer, scheduler_or_None)``; the scheduler steps once per epoch."""
+    def __init__(self, task: Task, config: ConfigT, options: TrainOptions) -> None:
+        self.task = task
+        self.config = config
+        self.options = options
+        self.task_options: TaskOptions = options.task if options.task is not None else task.train_options_model()
+        self.out_dir = Path(options.out_dir)
+        self.data_dir = Path(options.data_dir)
+        self.device = torch.device("cpu")
+        self.model: nn.Module = nn.Identity()
+        self.history: list[dict[str, float]] = []
+        self.stage_metrics: dict[str, dict[str, Any]] = {}
+        self.synthetic = False
+        self.provenance: dict[str, Any] = {}
+
+    # -- hooks: data and model -----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def load_data(self) -> None:
+        """Read and split the dataset (into attributes of the run). Raises ``ValueError`` for unusable data."""
+
+    @abc.abstractmethod
+    def build_model(self) -> nn.Module:
+        """The network to train (initialised)."""
+
+    @abc.abstractmethod
+    def make_loader(self, stage: Stage) -> Iterable[Any]:
+        """Training batches of a stage."""
+
+    @property
+    @abc.abstractmethod
+    def model_name(self) -> str:
+        """Registry name of the network."""
+
+    @property
+    @abc.abstractmethod
+    def model_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments that rebuild the network from the registry."""
+
+    # -- hooks: the loop ------------------------------------------------------------------------------------------
+    def stages(self) -> list[Stage]:
+        """The stages in order (default: one, ``train``, of ``config.epochs`` epochs)."""
+        return [Stage("train", int(getattr(self.config, "epochs", 1)))]
+
+    def configure_optimizers(self, stage: Stage) -> tuple[torch.optim.Optimizer, Any]:
+        """``(optimizer, scheduler_or_None)``; the scheduler steps once per epoch."""
         return torch.optim.Adam(self.model.parameters(), lr=1e-3), None
 
-    def train_step(self, batch: Any) -> torch.Tensor:
-        """Loss of one batch (the loop does backward and the optimiser step)."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def train_step(self, batch: Any, stage: Stage) -> torch.Tensor:
+        """Loss of one batch (the loop does backward, clipping and the optimiser step)."""
 
-    def validate(self, val_data: Any) -> dict[str, float]:
-        """Validation metrics for the epoch (must include ``monitor``)."""
+    def validate(self, stage: Stage) -> dict[str, float]:
+        """Validation metrics of an epoch (under ``torch.no_grad``, model in eval mode)."""
         return {}
 
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Called after validation and checkpointing."""
+    def monitor(self, stage: Stage) -> tuple[str, str]:
+        """The metric that selects a stage's best epoch and its direction (``max``/``min``)."""
+        return "train_loss", "min"
 
-    # -- loop ----------------------------------------------------------------------------------------------
-    def autocast(self) -> Any:
-        return torch.autocast("cuda", dtype=torch.float16) if self.use_amp else nullcontext()
+    def iterations_per_epoch(self, stage: Stage) -> int | None:
+        """Cap on training batches per epoch (``None``: one pass over the loader)."""
+        return None
 
-    def to_device(self, batch: Any) -> Any:
-        if isinstance(batch, torch.Tensor):
-            return batch.to(self.device, non_blocking=True)
-        if isinstance(batch, dict):
-            return {k: self.to_device(v) for k, v in batch.items()}
-        if isinstance(batch, list | tuple):
-            return type(batch)(self.to_device(v) for v in batch)
-        return batch
+    def run_stage(self, stage: Stage) -> None:
+        """Run one stage: the epoch loop for gradient stages; a task runs its other stages itself."""
+        if not stage.gradient:
+            raise NotImplementedError(f"stage {stage.name!r} has no gradient loop; the task must run it")
+        self.fit(stage)
 
-    def _improved(self, value: float) -> bool:
-        if math.isnan(value):
-            return False
-        return value > self.best_value if self.mode == "max" else value < self.best_value
+    def on_improved(self, stage: Stage, epoch: int, metrics: dict[str, float]) -> None:
+        """A stage's monitored metric improved (default: save ``best.pt``)."""
+        self.save(BEST_NAME, {"epoch": epoch, **metrics})
 
-    def fit(self, train_loader: Iterable[Any], val_data: Any = None) -> list[dict[str, float]]:
-        """Run all epochs; return the per-epoch history."""
+    def on_epoch_end(self, stage: Stage, epoch: int, metrics: dict[str, float]) -> None:
+        """After validation (default: save ``last.pt``)."""
+        self.save(LAST_NAME, {"epoch": epoch, **metrics})
+
+    def on_stage_end(self, stage: Stage) -> None:
+        """After a stage (default: nothing)."""
+
+    def finalise(self) -> None:
+        """After every stage, before ``metrics.json`` and the card (default: nothing)."""
+
+    # -- hooks: what is written ------------------------------------------------------------------------------
+    def preprocessing(self) -> dict[str, Any]:
+        """The checkpoint's preprocessing record."""
+        return {}
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """Method-specific data stored in the checkpoint (thresholds, prototype sources...)."""
+        return {}
+
+    def summary(self) -> dict[str, Any]:
+        """Extra fields of ``metrics.json``."""
+        return {}
+
+    @abc.abstractmethod
+    def card(self) -> CardText:
+        """What the model card says about this run."""
+
+    # -- the runner -----------------------------------------------------------------------------------------------
+    def run(self) -> Path:
+        """Seed, read data, build the model, run the stages, write metrics, curve and card; return the run dir."""
+        seed_everything(self.options.seed)
+        self.device = torch.device(resolve_device(self.options.device))
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for epoch in range(1, self.epochs + 1):
+        self.synthetic = is_synthetic(self.data_dir)
+        self.load_data()
+        self.model = self.build_model()
+        spec_card = self.task.data_card
+        self.provenance = make_provenance(
+            self.data_dir.name, "synthetic.md" if self.synthetic else spec_card, self.options.seed
+        )
+        self.provenance["synthetic"] = self.synthetic
+        for stage in self.stages():
+            logger.info("%s: stage %s (%d epochs)", self.task.name, stage.name, stage.epochs)
+            self.run_stage(stage)
+            self.on_stage_end(stage)
+        self.finalise()
+        self.write_metrics()
+        self.write_card()
+        (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2), encoding="utf-8")
+        return self.out_dir
+
+    def fit(self, stage: Stage) -> dict[str, float]:
+        """The epoch loop of one gradient stage; returns the best epoch's metrics (``epoch`` within the stage)."""
+        self.model.to(self.device)
+        use_amp = amp_enabled(self.device, self.amp)
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        optimizer, scheduler = self.configure_optimizers(stage)
+        loader = self.make_loader(stage)
+        cap = self.iterations_per_epoch(stage)
+        monitor, mode = self.monitor(stage)
+        best_value = -math.inf if mode == "max" else math.inf
+        best: dict[str, float] = {}
+        offset = len(self.history)
+        for epoch in range(1, stage.epochs + 1):
             t0 = time.perf_counter()
             self.model.train()
             losses: list[float] = []
-            for i, batch in enumerate(train_loader):
-                if self.iterations_per_epoch is not None and i >= self.iterations_per_epoch:
+            for i, batch in enumerate(loader):
+                if cap is not None and i >= cap:
                     break
-                batch = self.to_device(batch)
-                self.optimizer.zero_grad(set_to_none=True)
-                with self.autocast():
-                    loss = self.train_step(batch)
+                batch = to_device(batch, self.device)
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(self.device, self.amp):
+                    loss = self.train_step(batch, stage)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite training loss at epoch {epoch}, batch {i}")
-                self.scaler.scale(loss).backward()
+                    where = f"stage {stage.name}, epoch {epoch}, batch {i}"
+                    raise FloatingPointError(f"non-finite training loss in {where}")
+                scaler.scale(loss).backward()
                 if self.grad_clip is not None:
-                    self.scaler.unscale_(self.optimizer)
+                    scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+                scaler.step(optimizer)
+                scaler.update()
                 losses.append(float(loss.detach()))
-            if self.scheduler is not None:
-                self.scheduler.step()
+            if scheduler is not None:
+                scheduler.step()
             self.model.eval()
             with torch.no_grad():
-                val = self.validate(val_data) if val_data is not None else {}
+                val = self.validate(stage)
             metrics = {"epoch": float(epoch), "train_loss": float(sum(losses) / max(len(losses), 1)), **val}
-            metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
+            metrics["lr"] = float(optimizer.param_groups[0]["lr"])
             metrics["seconds"] = time.perf_counter() - t0
-            self.history.append(metrics)
-            value = metrics.get(self.monitor, -metrics["train_loss"] if self.mode == "max" else metrics["train_loss"])
-            if self._improved(float(value)) or self.best_epoch < 0:
-                self.best_value, self.best_epoch = float(value), epoch
-                if self.save_fn is not None:
-                    self.save_fn("best", epoch, metrics)
-            if self.save_fn is not None:
-                self.save_fn("last", epoch, metrics)
-            logger.info("epoch %d/%d %s", epoch, self.epochs, {k: round(v, 4) for k, v in metrics.items()})
-            self.on_epoch_end(epoch, metrics)
-        self.write_history()
-        return self.history
+            self.history.append({**metrics, "epoch": float(offset + epoch)})
+            value = float(metrics.get(monitor, metrics["train_loss"]))
+            improved = not math.isnan(value) and (value > best_value if mode == "max" else value < best_value)
+            if improved or not best:
+                best_value, best = value, dict(metrics)
+                self.on_improved(stage, epoch, metrics)
+            self.on_epoch_end(stage, epoch, metrics)
+            logger.info("%s %s epoch %d/%d %s", self.task.name, stage.name, epoch, stage.epochs,
+                        {k: round(v, 4) for k, v in metrics.items()})  # fmt: skip
+        self.stage_metrics[stage.name] = {"monitor": monitor, "best_epoch": int(best.get("epoch", 0)), **best}
+        return best
 
-    def write_history(self) -> None:
-        """``metrics.json`` (history, best epoch) and ``training_curve.png``."""
-        summary = {
-            "monitor": self.monitor,
-            "best_epoch": self.best_epoch,
-            "best_value": self.best_value,
+    # -- writing ----------------------------------------------------------------------------------------------------
+    def checkpoint(self, metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> Checkpoint:
+        """The run's model as a checkpoint (the one format every task shares); ``extra`` replaces the run's."""
+        if extra is None:
+            extra = {"synthetic": self.synthetic, "train_options": self.task_options.model_dump(mode="json"),
+                     **self.checkpoint_extra()}  # fmt: skip
+        heads = {h.name: list(h.labels) for h in self.task.contract.heads}
+        labels = [label for h in self.task.contract.heads for label in h.labels]
+        return Checkpoint(
+            task=self.task.name,
+            model_name=self.model_name,
+            model_kwargs=dict(self.model_kwargs),
+            state_dict={k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            labels=labels,
+            heads=heads,
+            config=self.config.to_dict(),
+            preprocessing=self.preprocessing(),
+            metrics=metrics,
+            provenance=dict(self.provenance),
+            extra=extra,
+        )
+
+    def untrained_checkpoint(self) -> Checkpoint:
+        """The network at its seeded initialisation, as a checkpoint (tests and benchmarks, never predictions)."""
+        from models import create_model
+
+        torch.manual_seed(self.options.seed)
+        self.model = create_model(self.model_name, **self.model_kwargs)
+        self.provenance = {**make_provenance("untrained", "synthetic.md", self.options.seed), "synthetic": True}
+        return self.checkpoint({}, extra={"untrained": True})
+
+    def save(self, name: str, metrics: dict[str, Any]) -> Path:
+        """Write the current model as ``name`` (``best.pt``/``last.pt``) in the run folder."""
+        return save_checkpoint(self.checkpoint(metrics), self.out_dir / name)
+
+    def best_metrics(self) -> dict[str, Any]:
+        """The metrics the card and ``metrics.json`` headline (default: the last stage's best epoch)."""
+        return next(reversed(self.stage_metrics.values()), {}) if self.stage_metrics else {}
+
+    def write_metrics(self) -> None:
+        """``metrics.json`` (every epoch, each stage's best, the task's summary) and ``training_curve.png``."""
+        best = self.best_metrics()
+        out = {
+            "monitor": best.get("monitor"),
+            "best_epoch": best.get("best_epoch"),
+            "best_value": best.get(best.get("monitor", ""), None),
+            "stages": self.stage_metrics,
+            **self.summary(),
             "history": self.history,
         }
-        (self.out_dir / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        plot_curves(self.history, self.out_dir / "training_curve.png")
+        (self.out_dir / "metrics.json").write_text(json.dumps(out, indent=2, default=str), encoding="utf-8")
+        if self.history:
+            plot_curves(self.history, self.out_dir / "training_curve.png")
+
+    def runner_notes(self) -> list[str]:
+        """What every model card states about how the runner trained."""
+        clip = f"gradients clipped to norm {self.grad_clip}" if self.grad_clip is not None else "no gradient clipping"
+        amp = (
+            "mixed precision (float16 autocast with loss scaling) when training on CUDA; float32 on CPU"
+            if self.amp
+            else "float32 throughout"
+        )
+        seed = f"seed {self.options.seed}, device {self.device}"
+        return [f"{clip} [INF: not stated by the paper]", f"{amp} [INF]", seed]
+
+    def write_card(self) -> Path:
+        from models import get_model_spec
+
+        text = self.card()
+        spec = get_model_spec(self.model_name)
+        return write_model_card(
+            self.out_dir / "MODEL_CARD.md",
+            title=text.title,
+            task=self.task.name,
+            model_name=self.model_name,
+            paper=spec.paper,
+            summary=text.summary,
+            intended_use=text.intended_use,
+            data=text.data + (" (synthetic data written by `medinfer synth`)." if self.synthetic else ""),
+            data_card="synthetic.md" if self.synthetic else self.task.data_card,
+            metrics=text.metrics,
+            method_notes=[*text.method_notes, *self.runner_notes()],
+            limitations=text.limitations,
+            provenance=self.provenance,
+            synthetic=self.synthetic,
+        )
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded random split of ``n`` items into (train, validation) indices; at least one each when ``n`` > 1."""
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, round(n * val_fraction)) if n > 1 else 0
+    return [int(i) for i in order[n_val:]], [int(i) for i in order[:n_val]]
+
+
+def take(items: Sequence[Any], indices: Sequence[int]) -> list[Any]:
+    return [items[i] for i in indices]

@@ -1,29 +1,30 @@
-"""Typed configuration of the ``ecg`` task; defaults are the published recipe (PAPERS.md §4), ``tiny`` is for CPU."""
+"""Typed configuration and options of the ``ecg`` task; defaults are the published recipe (PAPERS.md §4),
+``tiny`` is for CPU."""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import yaml
+from pydantic import Field, field_validator
 
 from models.protoecgnet import BRANCH_LABELS, BRANCH_NAMES, LEADS, PTBXL_LABELS
+from pipelines.common.config import TaskConfig, TaskOptions
 
 __all__ = [
-    "LEADS",
-    "PTBXL_LABELS",
-    "BRANCH_NAMES",
     "BRANCH_LABELS",
+    "BRANCH_NAMES",
+    "LEADS",
     "MODEL_NAME",
-    "SAMPLING_RATE",
     "NUM_SAMPLES",
+    "PTBXL_LABELS",
+    "SAMPLING_RATE",
+    "TEST_FOLDS",
     "TRAIN_FOLDS",
     "VAL_FOLDS",
-    "TEST_FOLDS",
     "EcgConfig",
-    "load_config",
+    "EcgOptions",
+    "EcgTrainOptions",
 ]
 
 MODEL_NAME = "ecg_protoecgnet"
@@ -32,11 +33,33 @@ NUM_SAMPLES = 1000  # 10 s
 TRAIN_FOLDS = (1, 2, 3, 4, 5, 6, 7, 8)
 VAL_FOLDS = (9,)
 TEST_FOLDS = (10,)
+STAGES = ("feature_extractor", "joint", "projection", "classifier", "fusion")
+
+TINY: dict[str, Any] = {
+    "model_kwargs": {
+        "prototypes_per_class": [2, 2, 2],
+        "proto_time_len": [3, 32],
+        "proto_dim": 32,
+        "widths": [16, 16, 32, 32],
+        "layers": [1, 1, 1, 1],
+        "dropout": 0.0,
+        # [INF] the flattened 2D head (32x the inputs) overfits the few hundred tiny-preset records; the model
+        # card states the pooled head as a departure
+        "fc_head": "pool",
+    },
+    "epochs": {"feature_extractor": 12, "joint": 10, "classifier": 6, "fusion": 40},
+    "lr": {"feature_extractor": 3e-3, "joint": 1e-3, "classifier": 1e-2, "fusion": 2e-2},
+    "batch_size": 32,
+    "weight_decay": 1e-4,
+    # [INF] with ~140 prototypes the paper's diversity/contrastive weights swamp the BCE term; scaled down
+    "div": 25.0,
+    "cnrst": 3.0,
+    "eval_batch_size": 128,
+}
 
 
-@dataclass(frozen=True)
-class EcgConfig:
-    """Everything a training run needs; saved into the checkpoint.
+class EcgConfig(TaskConfig):
+    """Everything an ecg training run needs; saved into the checkpoint.
 
     Args:
         model_kwargs: keyword arguments of ``ecg_protoecgnet`` (besides the label partition).
@@ -54,7 +77,9 @@ class EcgConfig:
         eval_batch_size: batch size for validation, projection and thresholds.
     """
 
-    model_kwargs: dict[str, Any] = field(
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"tiny": TINY}
+
+    model_kwargs: dict[str, Any] = Field(
         default_factory=lambda: {
             "prototypes_per_class": [5, 18, 7],
             "proto_time_len": [3, 32],
@@ -62,93 +87,92 @@ class EcgConfig:
             "widths": [64, 128, 256, 512],
             "layers": [2, 2, 2, 2],
             "dropout": 0.35,
+            "fc_head": "flatten",
         }
     )
-    epochs: dict[str, int] = field(
+    epochs: dict[str, int] = Field(
         default_factory=lambda: {"feature_extractor": 200, "joint": 200, "classifier": 50, "fusion": 50}
     )
-    batch_size: int = 32
-    lr: dict[str, float] = field(
+    batch_size: int = Field(32, ge=1)
+    lr: dict[str, float] = Field(
         default_factory=lambda: {"feature_extractor": 1e-4, "joint": 1e-4, "classifier": 1e-4, "fusion": 1e-4}
     )
-    weight_decay: float = 1.7e-4
+    weight_decay: float = Field(1.7e-4, ge=0.0)
     clst: float = 0.004
     sep: float = 0.0004
     spars: float = 0.0
     div: float = 250.0
     cnrst: float = 300.0
-    l1_classifier: float = 1e-4
-    l1_fusion: float = 1e-4
-    highpass_hz: float = 0.5
+    l1_classifier: float = Field(1e-4, ge=0.0)
+    l1_fusion: float = Field(1e-4, ge=0.0)
+    highpass_hz: float = Field(0.5, ge=0.0)
     branches: tuple[str, ...] = BRANCH_NAMES
     init_checkpoint: str | None = None
-    num_threads: int = 0
-    eval_batch_size: int = 64
+    num_threads: int = Field(0, ge=0)
+    eval_batch_size: int = Field(64, ge=1)
 
-    def __post_init__(self) -> None:
-        unknown = set(self.branches) - set(BRANCH_NAMES)
+    @field_validator("branches")
+    @classmethod
+    def _known_branches(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = set(value) - set(BRANCH_NAMES)
         if unknown:
-            raise ValueError(f"branches: unknown {sorted(unknown)}; choose from {BRANCH_NAMES}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        for k, v in self.epochs.items():
+            raise ValueError(f"unknown branches {sorted(unknown)}; choose from {BRANCH_NAMES}")
+        return value
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs(cls, value: dict[str, int]) -> dict[str, int]:
+        for k, v in value.items():
+            if k not in STAGES:
+                raise ValueError(f"unknown stage {k!r}; stages: {', '.join(STAGES)}")
             if v < 1:
                 raise ValueError(f"epochs[{k!r}] must be >= 1, got {v}")
+        return value
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["branches"] = list(self.branches)
-        return d
+    @field_validator("lr")
+    @classmethod
+    def _lr(cls, value: dict[str, float]) -> dict[str, float]:
+        for k, v in value.items():
+            if k not in STAGES:
+                raise ValueError(f"unknown stage {k!r}; stages: {', '.join(STAGES)}")
+            if v <= 0:
+                raise ValueError(f"lr[{k!r}] must be > 0, got {v}")
+        return value
 
 
-def _tiny() -> EcgConfig:
-    return EcgConfig(
-        model_kwargs={
-            "prototypes_per_class": [2, 2, 2],
-            "proto_time_len": [3, 32],
-            "proto_dim": 32,
-            "widths": [16, 16, 32, 32],
-            "layers": [1, 1, 1, 1],
-            "dropout": 0.0,
-        },
-        epochs={"feature_extractor": 12, "joint": 10, "classifier": 6, "fusion": 40},
-        lr={"feature_extractor": 3e-3, "joint": 1e-3, "classifier": 1e-2, "fusion": 2e-2},
-        batch_size=32,
-        weight_decay=1e-4,
-        # [INF] with ~140 prototypes the paper's diversity/contrastive weights swamp the BCE term; scaled down
-        div=25.0,
-        cnrst=3.0,
-        num_threads=0,
-        eval_batch_size=128,
+class EcgOptions(TaskOptions):
+    """``medinfer predict ecg`` options (also the service's ``options`` field)."""
+
+    sampling_rate: float | None = Field(
+        None, gt=0, le=100_000, description="Rate in Hz of CSV/NPY records, which carry none (WFDB and DICOM do)."
     )
 
 
-def load_config(preset: str = "full", config_path: Path | None = None, epochs: int | None = None) -> EcgConfig:
-    """A config from a preset (``full`` = paper, ``tiny`` = CPU), a YAML of overrides and an epoch override.
+class EcgTrainOptions(TaskOptions):
+    """``medinfer train ecg`` flags beyond the config."""
 
-    Raises:
-        ValueError: unknown preset or unknown field in the YAML.
-    """
-    if preset == "full":
-        cfg = EcgConfig()
-    elif preset == "tiny":
-        cfg = _tiny()
-    else:
-        raise ValueError(f"unknown preset {preset!r}; use full or tiny")
-    overrides: dict[str, Any] = {}
-    if config_path is not None:
-        overrides = yaml.safe_load(Path(config_path).read_text()) or {}
-        if not isinstance(overrides, dict):
-            raise ValueError(f"{config_path}: expected a mapping of config fields")
-        names = {f.name for f in dataclasses.fields(EcgConfig)}
-        bad = set(overrides) - names
-        if bad:
-            raise ValueError(f"{config_path}: unknown config fields {sorted(bad)}")
-        for key in ("model_kwargs", "epochs", "lr"):  # merge nested mappings instead of replacing them
-            if key in overrides:
-                overrides[key] = {**getattr(cfg, key), **overrides[key]}
-        if "branches" in overrides:
-            overrides["branches"] = tuple(overrides["branches"])
-    if epochs is not None:
-        overrides["epochs"] = dict.fromkeys(cfg.epochs, int(epochs))
-    return dataclasses.replace(cfg, **overrides) if overrides else cfg
+    stage: str | None = Field(
+        None, description=f"Run one stage ({', '.join(STAGES)}), continuing from RUN/last.pt when present."
+    )
+    init_weights: Path | None = Field(
+        None,
+        description="A local torchvision ResNet-18 state dict (ImageNet weights you bring) for the 2D branches: "
+        "every layer but the replaced first conv and the head, as the authors do. Nothing is downloaded.",
+    )
+
+    @field_validator("stage")
+    @classmethod
+    def _stage(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        name = value.lower().replace("-", "_")
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {value!r}; stages: {', '.join(STAGES)}")
+        return name
+
+    @field_validator("init_weights")
+    @classmethod
+    def _exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not Path(value).expanduser().is_file():
+            raise ValueError(f"{value}: file not found")
+        return value

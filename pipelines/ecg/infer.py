@@ -1,27 +1,27 @@
-"""``medinfer predict ecg``: 71 probabilities, decisions grouped by branch, and prototype explanations."""
+"""``medinfer predict ecg`` on the classification family: what is the ecg task's own is reading and
+preprocessing a record, ProtoECGNet's similarities and best windows, and the prototype explanation."""
 
 from __future__ import annotations
 
-import csv
-import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from models.protoecgnet import BRANCH_NAMES, PTBXL_LABELS, ProtoECGNet
-from pipelines.common.checkpoint import Checkpoint
-from pipelines.common.io import write_json
-from pipelines.common.task import InputItem, PredictOptions, Predictor, Prepared
+from models.protoecgnet import BRANCH_NAMES, ProtoECGNet
+from pipelines.common.classification import ClassificationPredictor, Head, head_thresholds
+from pipelines.common.task import InputItem, ItemOutput, Prepared
+from pipelines.ecg.config import EcgOptions
 from pipelines.ecg.explain import plot_explanation, top_prototypes
 from pipelines.ecg.readers import read_record
 from pipelines.ecg.transforms import preprocess_signal
 
-__all__ = ["EcgPredictor", "PREDICTIONS_CSV", "synthetic_waveform"]
+__all__ = ["HEAD", "PREDICTIONS_CSV", "EcgPredictor", "synthetic_waveform"]
 
 PREDICTIONS_CSV = "predictions.csv"
+#: the one output head: the 71 PTB-XL statements, reported grouped by branch
+HEAD = "statements"
 
 
 def synthetic_waveform(seconds: float = 10.0, fs: float = 100.0, rate_bpm: float = 72.0) -> np.ndarray:
@@ -38,52 +38,54 @@ def synthetic_waveform(seconds: float = 10.0, fs: float = 100.0, rate_bpm: float
     return gains * beat[None, :]
 
 
-class EcgPredictor(Predictor):
-    """ProtoECGNet predictor: ``prepare`` reads and preprocesses, ``run`` batches, ``finish`` writes JSON/CSV/PNG.
+class EcgPredictor(ClassificationPredictor[EcgOptions]):
+    """ProtoECGNet predictor: records in batches of ``batch_size``; probabilities and decisions by branch.
 
     Args:
         checkpoint: an ``ecg`` checkpoint.
-        options: ``batch_size`` records per forward pass, ``amp`` (CUDA only), ``explain``, ``sampling_rate`` for
-            CSV/NPY inputs.
+        options: ``batch_size`` records per forward pass, ``amp`` (CUDA only), ``explain``; task option
+            ``sampling_rate`` for CSV/NPY inputs.
     """
 
-    def __init__(self, checkpoint: Checkpoint, options: PredictOptions) -> None:
+    options_model = EcgOptions
+    id_field = "record"
+    csv_name = PREDICTIONS_CSV
+
+    def __init__(self, checkpoint: Any, options: Any) -> None:
         super().__init__(checkpoint, options)
         self.model: ProtoECGNet
-        self.max_batch = max(1, int(options.batch_size))
-        extra = checkpoint.extra
-        n = len(checkpoint.labels)
-        self.thresholds = np.asarray(extra.get("thresholds", [0.5] * n), dtype=np.float64)
         self.highpass_hz = float(checkpoint.preprocessing.get("highpass_hz", 0.5))
         self.fs = float(checkpoint.preprocessing.get("sampling_rate_hz", 100.0))
-        self.sources: list[dict[str, Any]] = list(extra.get("prototype_sources", []))
-        self.segments: dict[str, torch.Tensor] = dict(extra.get("prototype_segments", {}))
-        self.labels = list(checkpoint.labels)
+        self.sources: list[dict[str, Any]] = list(checkpoint.extra.get("prototype_sources", []))
+        self.segments: dict[str, torch.Tensor] = dict(checkpoint.extra.get("prototype_segments", {}))
 
-    # -- the three steps ---------------------------------------------------------------------------------------
-    def prepare(self, item: InputItem) -> Prepared:
-        t0 = time.perf_counter()
+    def heads_from_checkpoint(self) -> list[Head]:
+        labels = tuple(self.checkpoint.labels)
+        groups = {b: tuple(int(i) for i in self.model.branch_index(b).cpu().tolist()) for b in BRANCH_NAMES}
+        thresholds = head_thresholds(self.checkpoint, HEAD, len(labels))
+        return [Head(HEAD, labels, "sigmoid", thresholds, groups)]
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        return np.asarray(self.heads[0].thresholds, dtype=np.float64)
+
+    # -- the task's own steps ----------------------------------------------------------------------------------
+    def read(self, item: InputItem, options: EcgOptions) -> tuple[np.ndarray, dict[str, Any]]:
         path = next(iter(item.paths.values()))
-        rec = read_record(path, self.options.sampling_rate)
+        rec = read_record(path, options.sampling_rate)
         x = preprocess_signal(rec.signal, rec.fs, rec.leads, path, target_fs=self.fs, highpass_hz=self.highpass_hz)
-        context = {"input_fs": rec.fs, "input_seconds": round(rec.seconds, 3)}
-        return Prepared(item, x, context, {"read": time.perf_counter() - t0})
+        return x, {"input_fs": rec.fs, "input_seconds": round(rec.seconds, 3)}
 
-    def _autocast(self) -> Any:
-        if self.options.amp and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16)
-        return torch.autocast("cpu", enabled=False)
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities (B, L) and similarities (B, P) of a batch (B, 12, N)."""
-        with self._autocast():
-            out = self.model(x.to(self.device))
-        return torch.sigmoid(out.logits.float()).cpu().numpy(), out.similarities.float().cpu().numpy()
+    def forward(self, x: torch.Tensor, explain: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        out = self.model(x)
+        extras: dict[str, Any] = {"sims": out.similarities.float().cpu().numpy()}
+        if any(explain):
+            extras["windows"] = self.best_windows(x)
+        return {HEAD: out.logits}, extras
 
     def probabilities(self, x: torch.Tensor) -> np.ndarray:
         """Fusion probabilities (B, L) of a preprocessed batch."""
-        return self.forward(x)[0]
+        return self.predict_arrays(x)[0][HEAD]
 
     @torch.no_grad()
     def best_windows(self, x: torch.Tensor) -> dict[str, np.ndarray]:
@@ -98,74 +100,23 @@ class EcgPredictor(Predictor):
             out[name] = torch.stack([idx.float(), val], dim=-1).cpu().numpy()
         return out
 
-    def run(self, batch: Sequence[Prepared]) -> list[Any]:
-        x = torch.from_numpy(np.stack([p.data for p in batch]))
-        probs, sims = self.forward(x)
-        explain = [self.wants_explanation(p.item) for p in batch]
-        windows = self.best_windows(x) if any(explain) else {}
-        return [
-            {
-                "probs": probs[i],
-                "sims": sims[i],
-                "windows": {k: v[i] for k, v in windows.items()} if explain[i] else None,
-            }
-            for i in range(len(batch))
-        ]
-
-    def result(self, probs: np.ndarray) -> dict[str, Any]:
-        """Probabilities and decisions grouped by branch."""
-        decisions = probs >= self.thresholds
-        out: dict[str, Any] = {"probabilities": {}, "decisions": {}, "positive": {}}
-        for name in BRANCH_NAMES:
-            idx = self.model.branch_index(name).cpu().tolist()
-            names = [self.labels[i] for i in idx] if len(self.labels) == len(PTBXL_LABELS) else [str(i) for i in idx]
-            out["probabilities"][name] = {c: round(float(probs[i]), 6) for c, i in zip(names, idx, strict=True)}
-            out["decisions"][name] = {c: bool(decisions[i]) for c, i in zip(names, idx, strict=True)}
-            out["positive"][name] = [c for c in names if out["decisions"][name][c]]
-        return out
-
-    def finish(self, prepared: Prepared, raw: Any, out_dir: Path) -> dict[str, Any]:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        name = prepared.item.name
-        res = {"record": name, **prepared.context, **self.result(raw["probs"])}
-        files = [f"{name}.json"]
-        if raw["windows"] is not None:
-            res["explanation"], pngs = self.explain(prepared, raw, out_dir)
-            files += pngs
-        res["files"] = files
-        write_json(res, out_dir / f"{name}.json")
-        self._append_csv(out_dir, name, raw["probs"])
-        return res
-
-    # -- outputs -----------------------------------------------------------------------------------------------
-    def _append_csv(self, out_dir: Path, name: str, probs: np.ndarray) -> None:
-        # one row per record, appended; the header is written when the file is new (no per-path state is kept,
-        # so a long-running service does not accumulate any)
-        path = out_dir / PREDICTIONS_CSV
-        fresh = not path.exists() or path.stat().st_size == 0
-        with path.open("a", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            if fresh:
-                w.writerow(["record", *self.labels, *[f"{c}_decision" for c in self.labels]])
-            decisions = (probs >= self.thresholds).astype(int)
-            w.writerow([name, *(f"{p:.6f}" for p in probs), *decisions.tolist()])
-
-    def explain(self, prepared: Prepared, raw: Any, out_dir: Path) -> tuple[dict[str, Any], list[str]]:
+    def explain(self, prepared: Prepared, raw: dict[str, Any], out_dir: Path, output: ItemOutput) -> dict[str, Any]:
         """Top-5 prototypes per branch, and a PNG per branch for its most similar prototype."""
         slices = self.model.prototype_slices()
-        explanation, pngs = {}, []
+        explanation = {}
+        windows = raw.get("windows") or {}
         for branch in BRANCH_NAMES:
             sims = raw["sims"][slices[branch]]
-            top = top_prototypes(self.model, branch, sims, raw["windows"].get(branch), self.sources, self.fs)
+            top = top_prototypes(self.model, branch, sims, windows.get(branch), self.sources, self.fs)
             explanation[branch] = top
             if top:
                 seg = self.segments.get(branch)
                 segment = seg[top[0]["prototype"]].float().numpy() if seg is not None else None
-                png = f"{prepared.item.name}_explain_{branch}.png"
-                plot_explanation(prepared.data, top[0], segment, out_dir / png, title=f"{branch}: {top[0]['label']}")
-                pngs.append(png)
-        return explanation, pngs
+                png = out_dir / f"{prepared.item.name}_explain_{branch}.png"
+                plot_explanation(prepared.data, top[0], segment, png, title=f"{branch}: {top[0]['label']}")
+                output.add("explanation", png, out_dir)
+        return explanation
 
     def warmup(self) -> None:
         x = preprocess_signal(synthetic_waveform(), 100.0, None, "<warmup>", highpass_hz=self.highpass_hz)
-        self.forward(torch.from_numpy(x)[None])
+        self.predict_arrays(x[None])

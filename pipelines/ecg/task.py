@@ -6,19 +6,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from models.protoecgnet import LEADS, PTBXL_LABELS
+from models.protoecgnet import BRANCH_LABELS, LEADS, PTBXL_LABELS
 from pipelines.common.checkpoint import Checkpoint
+from pipelines.common.errors import InputError
 from pipelines.common.task import (
+    Collected,
     InputContract,
     InputItem,
+    OutputHead,
     PredictOptions,
     Predictor,
     Task,
-    TrainOptions,
     expand_paths,
     register_task,
 )
-from pipelines.ecg.config import MODEL_NAME, SAMPLING_RATE
+from pipelines.ecg.config import MODEL_NAME, SAMPLING_RATE, EcgConfig, EcgOptions, EcgTrainOptions
 from pipelines.ecg.readers import ARRAY_SUFFIXES, DICOM_SUFFIXES
 
 __all__ = ["EcgTask"]
@@ -47,44 +49,49 @@ class EcgTask(Task):
     title = "ProtoECGNet: 12-lead ECG, 71 PTB-XL statements with prototype explanations"
     data_card = "ptbxl.md"
     default_model = MODEL_NAME
+    options_model = EcgOptions
+    train_options_model = EcgTrainOptions
+    config_class = EcgConfig
+
+    @property
+    def run_class(self) -> type:  # type: ignore[override]
+        from pipelines.ecg.train import EcgRun
+
+        return EcgRun
 
     @property
     def contract(self) -> InputContract:
         return InputContract(
             description="one 12-lead resting ECG, 10 s (8 s minimum), any rate >= 100 Hz",
+            kind="signal",
             channels=LEADS,
             formats=(
                 "WFDB (.hea/.dat)",
                 "DICOM 12-lead ECG waveform (.dcm)",
-                "CSV (needs --sampling-rate)",
-                "NPY (needs --sampling-rate)",
+                "CSV (needs the sampling_rate option)",
+                "NPY (needs the sampling_rate option)",
             ),  # fmt: skip
-            label_names=PTBXL_LABELS,
-            sampling_rate_hz=SAMPLING_RATE,
-            notes="Leads mapped by name (any order; CSV without header and NPY in the order above); units converted "
-            "to mV (CSV/NPY must be mV); resampled to 100 Hz; longer records: central 10 s; 8-10 s: zero-padded; "
-            "a missing lead, NaN, a flat lead or < 8 s is an error.",
+            heads=(OutputHead("statements", PTBXL_LABELS, "sigmoid"),),
+            notes=f"Leads mapped by name (any order; CSV without header and NPY in the order above); units converted "
+            f"to mV (CSV/NPY must be mV); resampled to the model's {SAMPLING_RATE:g} Hz; longer records: central "
+            "10 s; 8-10 s: zero-padded; a missing lead, NaN, a flat lead or < 8 s is an error.",
         )
 
-    def synth(self, out_dir: Path, n: int, seed: int, dicom: bool = False, variant: str | None = None) -> Path:
+    def generate(self, out_dir: Path, n: int, seed: int, dicom: bool, variant: str | None) -> tuple[Path, dict]:
         from pipelines.ecg.synthetic import write_synthetic_ptbxl
 
         if variant not in (None, "ptbxl"):
             raise ValueError(f"unknown ecg variant {variant!r}; only ptbxl")
-        return write_synthetic_ptbxl(out_dir, n, seed=seed, dicom=dicom)
-
-    def train(self, options: TrainOptions) -> Path:
-        from pipelines.ecg.train import train
-
-        return train(options)
+        return write_synthetic_ptbxl(out_dir, n, seed=seed, dicom=dicom), {"layout": "PTB-XL 1.0.3"}
 
     def evaluate(self, data_dir: Path, checkpoint: Checkpoint, out_dir: Path, options: PredictOptions) -> dict:
         from pipelines.ecg.evaluate import evaluate
 
         return evaluate(data_dir, checkpoint, out_dir, options)
 
-    def collect_inputs(self, inputs: Sequence[str]) -> list[InputItem]:
+    def collect_inputs(self, inputs: Sequence[str]) -> Collected:
         paths: list[Path] = []
+        out = Collected()
         for p in expand_paths(inputs):
             if p.is_dir():
                 for f in sorted(p.rglob("*")):
@@ -93,9 +100,12 @@ class EcgTask(Task):
                         paths.append(rec)
             elif p.exists():
                 paths.append(_record_path(p) or p)
-            else:  # a WFDB record given without suffix, or a missing path that prepare() reports
-                paths.append(p.with_suffix(".hea") if p.with_suffix(".hea").is_file() else p)
-        items, seen, names = [], set(), set()
+            elif p.with_suffix(".hea").is_file():  # a WFDB record given without suffix
+                paths.append(p.with_suffix(".hea"))
+            else:
+                out.errors.append(InputError(p, "does not exist"))
+        seen: set[Path] = set()
+        names: set[str] = set()
         for path in paths:
             if path in seen:
                 continue
@@ -106,8 +116,8 @@ class EcgTask(Task):
                 k += 1
                 name = f"{base}_{k}"
             names.add(name)
-            items.append(InputItem(name=name, paths={"record": path}))
-        return items
+            out.items.append(InputItem(name=name, paths={"record": path}))
+        return out
 
     def load_predictor(self, checkpoint: Checkpoint, options: PredictOptions) -> Predictor:
         from pipelines.ecg.infer import EcgPredictor
@@ -126,7 +136,7 @@ class EcgTask(Task):
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info["branches"] = {"rhythm": 16, "morphology": 52, "diffuse": 3}
+        info["branches"] = {name: list(labels) for name, labels in BRANCH_LABELS.items()}
         return info
 
 

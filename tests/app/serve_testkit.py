@@ -1,10 +1,11 @@
 """A test-only analytic task, ``addone``: the model computes ``x + 1``, so every result is known in closed form.
 
-Inputs are ``.npy`` vectors or ``.csv`` number lists (CSV needs a ``sampling_rate``, like a signal without a
-header). ``finish`` writes the output as ``<name>_out.npy`` (standing in for a mask) and, when explained, a
-``<name>_explanation.json``. A vector whose first value is 13 passes ``prepare`` but makes ``run`` raise,
-to test that a bad neighbour does not fail its batch. ``register()`` adds the task to the registries while the
-service tests run and ``unregister()`` removes it, so other suites' batteries over every model never see it.
+Inputs are ``.npy`` vectors or ``.csv`` number lists (CSV needs the ``sampling_rate`` task option, like a signal
+without a header). ``finish`` writes the output as ``<name>_out.npy`` (role ``mask``) and, when explained, a
+``<name>_explanation.json`` (role ``explanation``). A vector whose first value is 13 passes ``prepare`` but makes
+``run`` raise, to test that a bad neighbour does not fail its batch. ``register()`` adds the task to the
+registries while the service tests run and ``unregister()`` removes it, so other suites' batteries over every model
+never see it.
 ``MEDINFER_TEST_DELAY_S`` slows each batch down.
 """
 
@@ -20,16 +21,21 @@ from typing import Any
 import numpy as np
 import torch
 from fastapi.testclient import TestClient
+from pydantic import Field
 from torch import nn
 
 from app.main import create_app
 from app.settings import Settings
 from models.registry import ModelSpec, register_model
 from pipelines.common.checkpoint import Checkpoint, make_provenance, save_checkpoint
+from pipelines.common.config import TaskOptions
 from pipelines.common.errors import InputError
 from pipelines.common.task import (
+    Collected,
     InputContract,
     InputItem,
+    ItemOutput,
+    OutputHead,
     PredictOptions,
     Predictor,
     Prepared,
@@ -71,17 +77,26 @@ def addone_plus() -> nn.Module:
     return PlusOne()
 
 
-class AddOnePredictor(Predictor):
+class AddOneOptions(TaskOptions):
+    """The analytic task's one option."""
+
+    sampling_rate: float | None = Field(None, gt=0, le=100_000, description="Rate of CSV inputs.")
+
+
+class AddOnePredictor(Predictor[AddOneOptions]):
+    options_model = AddOneOptions
+
     def __init__(self, checkpoint: Checkpoint, options: PredictOptions) -> None:
         super().__init__(checkpoint, options)
         self.max_batch = max(1, options.batch_size)
         self.batches: list[int] = []
 
     def prepare(self, item: InputItem) -> Prepared:
+        options = self.item_options(item)
         path = item.paths["x"]
         if path.stat().st_size == 0:
             raise InputError(path, "is empty (0 bytes)")
-        if path.suffix == ".csv" and self.options.sampling_rate is None:
+        if path.suffix == ".csv" and options.sampling_rate is None:
             raise InputError(path, "CSV needs a sampling_rate")
         try:
             if path.suffix == ".npy":
@@ -93,7 +108,7 @@ class AddOnePredictor(Predictor):
         arr = np.asarray(arr, dtype=np.float32).reshape(-1)
         if arr.size == 0 or not np.isfinite(arr).all():
             raise InputError(path, "holds no finite values")
-        return Prepared(item, torch.from_numpy(arr), {"rate": self.options.sampling_rate})
+        return Prepared(item, torch.from_numpy(arr), {"rate": options.sampling_rate}, options=options)
 
     def run(self, batch: Sequence[Prepared]) -> list[Any]:
         delay = float(os.environ.get("MEDINFER_TEST_DELAY_S", "0") or 0)
@@ -105,16 +120,17 @@ class AddOnePredictor(Predictor):
         with torch.no_grad():
             return [self.model(p.data.to(self.device)).cpu() for p in batch]
 
-    def finish(self, prepared: Prepared, raw: Any, out_dir: Path) -> dict[str, Any]:
+    def finish(self, prepared: Prepared, raw: Any, out_dir: Path) -> ItemOutput:
         out = raw.numpy()
         path = out_dir / f"{prepared.item.name}_out.npy"
         np.save(path, out)
-        result: dict[str, Any] = {"values": out.tolist(), "mask": str(path), "sampling_rate": prepared.context["rate"]}
+        output = ItemOutput({"values": out.tolist(), "sampling_rate": prepared.context["rate"]})
+        output.add("mask", path, out_dir)
         if self.wants_explanation(prepared.item):
             exp = out_dir / f"{prepared.item.name}_explanation.json"
             exp.write_text(json.dumps({"saliency": [1.0] * len(out)}))
-            result["explanation"] = str(exp)
-        return result
+            output.add("explanation", exp, out_dir)
+        return output
 
     def warmup(self) -> None:
         with torch.no_grad():
@@ -126,22 +142,27 @@ class AddOneTask(Task):
     title = "x + 1 (test-only analytic task)"
     data_card = "addone.md"
     default_model = MODEL
+    options_model = AddOneOptions
 
     @property
     def contract(self) -> InputContract:
         return InputContract(
             description="a vector of numbers",
+            kind="signal",
             channels=("x",),
             formats=("NumPy (.npy)", "CSV with a sampling rate (.csv)"),
-            label_names=("y",),
+            heads=(OutputHead("y", ("y",), "identity"),),
         )
 
-    def synth(self, out_dir: Path, n: int, seed: int, dicom: bool = False, variant: str | None = None) -> Path:
+    def generate(self, out_dir: Path, n: int, seed: int, dicom: bool, variant: str | None) -> tuple[Path, dict]:
         out_dir.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(seed)
         for i in range(n):
             np.save(out_dir / f"vec{i:03d}.npy", rng.normal(size=4).astype(np.float32))
-        return out_dir
+        return out_dir, {}
+
+    def untrained_checkpoint(self, preset: str = "tiny", seed: int = 0) -> Checkpoint:
+        return checkpoint()
 
     def train(self, options: TrainOptions) -> Path:
         options.out_dir.mkdir(parents=True, exist_ok=True)
@@ -151,19 +172,20 @@ class AddOneTask(Task):
     def evaluate(self, data_dir: Path, checkpoint: Checkpoint, out_dir: Path, options: PredictOptions) -> dict:
         return {}
 
-    def collect_inputs(self, inputs: Sequence[str]) -> list[InputItem]:
-        items: list[InputItem] = []
+    def collect_inputs(self, inputs: Sequence[str]) -> Collected:
+        out = Collected()
         for path in expand_paths(inputs):
             if not path.exists():
-                raise InputError(path, "does not exist")
+                out.errors.append(InputError(path, "does not exist"))
+                continue
             files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
             for f in files:
                 if f.suffix.lower() not in SUFFIXES:
-                    if path.is_dir():
-                        continue
-                    raise InputError(f, "has an unsupported format; expected .npy or .csv")
-                items.append(InputItem(name=f.stem, paths={"x": f}))
-        return items
+                    if not path.is_dir():
+                        out.errors.append(InputError(f, "has an unsupported format; expected .npy or .csv"))
+                    continue
+                out.items.append(InputItem(name=f.stem, paths={"x": f}))
+        return out
 
     def load_predictor(self, checkpoint: Checkpoint, options: PredictOptions) -> Predictor:
         return AddOnePredictor(checkpoint, options)
@@ -172,19 +194,23 @@ class AddOneTask(Task):
         return [str(p) for p in sorted(data_dir.glob("*.npy"))]
 
 
-def write_checkpoint(path: Path) -> Path:
-    """A real checkpoint file of the analytic model."""
-    model = PlusOne()
-    ckpt = Checkpoint(
+def checkpoint() -> Checkpoint:
+    """A checkpoint of the analytic model."""
+    return Checkpoint(
         task=TASK,
         model_name=MODEL,
         model_kwargs={},
-        state_dict=model.state_dict(),
+        state_dict=PlusOne().state_dict(),
         labels=["y"],
+        heads={"y": ["y"]},
         metrics={"mae": 0.0},
         provenance=make_provenance("arithmetic", "addone.md", 0),
     )
-    return save_checkpoint(ckpt, path)
+
+
+def write_checkpoint(path: Path) -> Path:
+    """A real checkpoint file of the analytic model."""
+    return save_checkpoint(checkpoint(), path)
 
 
 def install(checkpoints: Path) -> Path:

@@ -47,6 +47,14 @@ def zip_of(members: dict[str, bytes], *, link: str | None = None, compression: i
     return buf.getvalue()
 
 
+def options(**values: Any) -> dict[str, str]:
+    """The ``options`` form field (the task's options as a JSON object)."""
+    return {"options": json.dumps(values)}
+
+
+RATE_100 = options(sampling_rate=100)
+
+
 def one(name: str, data: bytes) -> Callable[[], Files]:
     return lambda: [("files", (name, data))]
 
@@ -102,9 +110,13 @@ GENERIC: list[Bad] = [
     Bad("too-large-body", one("big.npy", b"\0" * (3 << 20)), 413, ("upload limit",)),
     Bad("not-multipart", None, 415, ("multipart",), raw=(b'{"x": [1, 2]}', "application/json")),
     Bad("no-content-type", None, 415, ("multipart",), raw=(NOISE, "")),
-    Bad("no-files-field", None, 422, ("files",), data={"sampling_rate": "100"}),
-    Bad("negative-rate", one("s.csv", b"1,2\n"), 422, ("sampling_rate",), data={"sampling_rate": "-5"}),
-    Bad("non-numeric-rate", one("s.csv", b"1,2\n"), 422, ("sampling_rate",), data={"sampling_rate": "fast"}),
+    Bad("no-files-field", None, 422, ("files",), data={"options": RATE_100["options"]}),
+    Bad("negative-rate", one("s.csv", b"1,2\n"), 422, ("sampling_rate",), data=options(sampling_rate=-5)),
+    Bad("non-numeric-rate", one("s.csv", b"1,2\n"), 422, ("sampling_rate",), data=options(sampling_rate="fast")),
+    Bad("unknown-option", one("s.csv", b"1,2\n"), 422, ("unknown option", "speed"), data=options(speed=3)),
+    Bad("options-not-json", one("s.csv", b"1,2\n"), 422, ("options", "JSON"), data={"options": "{rate: 5"}),
+    Bad("options-not-object", one("s.csv", b"1,2\n"), 422, ("options", "object"), data={"options": "[100]"}),
+    Bad("option-as-form-field", one("s.csv", b"1,2\n"), 422, ("sampling_rate", "options"), {"sampling_rate": "9"}),
     Bad("csv-without-rate", one("s.csv", b"1,2\n"), 400, ("s.csv", "sampling_rate")),
 ]
 
@@ -252,13 +264,13 @@ def ecg_dicom_without_waveform() -> bytes:
 
 ECG: list[Bad] = [
     Bad("ecg-random-wfdb", many(("r.hea", NOISE), ("r.dat", NOISE)), 400, ("r.",)),
-    Bad("ecg-empty-csv", one("e.csv", b""), 400, ("e.csv",), data={"sampling_rate": "100"}),
+    Bad("ecg-empty-csv", one("e.csv", b""), 400, ("e.csv",), data=RATE_100),
     Bad("ecg-csv-without-rate", one("x.csv", csv_leads(12)), 400, ("x.csv", "sampling rate")),
-    Bad("ecg-three-leads", one("three.csv", csv_leads(3)), 400, ("three.csv", "12 leads"), {"sampling_rate": "100"}),
-    Bad("ecg-too-short", one("short.csv", csv_leads(12, seconds=1)), 400, ("short.csv",), {"sampling_rate": "100"}),
+    Bad("ecg-three-leads", one("three.csv", csv_leads(3)), 400, ("three.csv", "12 leads"), RATE_100),
+    Bad("ecg-too-short", one("short.csv", csv_leads(12, seconds=1)), 400, ("short.csv",), RATE_100),
     Bad("ecg-random-dicom", one("w.dcm", NOISE), 400, ("w.dcm",)),
     Bad("ecg-dicom-without-waveform", one("nw.dcm", ecg_dicom_without_waveform()), 400, ("nw.dcm", "waveform")),
-    Bad("ecg-npy-nan", one("n.npy", npy_bytes([float("nan")] * 12000)), 400, ("n.npy",), {"sampling_rate": "100"}),
+    Bad("ecg-npy-nan", one("n.npy", npy_bytes([float("nan")] * 12000)), 400, ("n.npy",), RATE_100),
     Bad("ecg-json-not-a-record", one("x.json", json.dumps({"a": 1}).encode()), 400, ("x.json",)),
 ]
 

@@ -54,7 +54,27 @@ def test_models_lists_brats(brats_client: TestClient) -> None:
     assert info["labels"] == ["WT", "TC", "ET"]
     assert info["max_batch_size"] == 1  # one volume at a time; batching happens in the sliding window
     assert "not a medical device" in (info["model_card"] or "").lower()
-    assert info["data_card"]["name"] == "brats.md" and info["data_card"]["text"]
+    # trained on synthetic phantoms: the card of the data it was trained on, and the flag
+    assert info["data_card"]["name"] == "synthetic.md" and info["data_card"]["text"]
+    assert info["synthetic_demo"] is True
+    assert info["heads"] == [{"name": "regions", "labels": ["WT", "TC", "ET"], "activation": "multilevel"}]
+    assert {"tta", "overlap", "sw_batch_size", "overlay", "labels"} == set(info["options_schema"]["properties"])
+
+
+def role_url(result: dict, role: str) -> str:
+    """The link of the file of ``role`` an input wrote."""
+    return next(f["url"] for f in result["files"] if f["role"] == role)
+
+
+def test_options_reach_the_volume_task(brats_client: TestClient, case_dir: Path) -> None:
+    data = {"options": '{"labels": "brats2023", "overlay": true}'}
+    r = brats_client.post(PREDICT, files=nifti_files(case_dir), data=data)
+    assert r.status_code == 200, r.text
+    (res,) = r.json()["results"]
+    assert res["outputs"]["label_convention"] == "brats2023"
+    assert {f["role"] for f in res["files"]} == {"segmentation", "overlay", "result"}
+    bad = brats_client.post(PREDICT, files=nifti_files(case_dir), data={"options": '{"overlap": 2}'})
+    assert bad.status_code == 422 and "overlap" in bad.json()["error"]["message"]
 
 
 def test_four_files_give_a_mask_in_the_input_grid(brats_client: TestClient, case_dir: Path) -> None:
@@ -62,7 +82,10 @@ def test_four_files_give_a_mask_in_the_input_grid(brats_client: TestClient, case
     assert r.status_code == 200, r.text
     (res,) = r.json()["results"]
     assert res["status"] == "ok", res
-    seg_url = res["outputs"]["files"]["segmentation"]
+    links = {f["role"]: f for f in res["files"]}
+    assert set(links) == {"segmentation", "result"}
+    assert res["outputs"]["files"]["segmentation"] == links["segmentation"]["name"]  # the task's JSON, unchanged
+    seg_url = links["segmentation"]["url"]
     assert seg_url.startswith(f"/api/v1/jobs/{r.json()['id']}/files/")
     mask = brats_client.get(seg_url)
     assert mask.status_code == 200
@@ -80,7 +103,7 @@ def test_case_as_zip_and_explain_gives_probability_maps(brats_client: TestClient
     assert r.status_code == 200, r.text
     (res,) = r.json()["results"]
     assert res["status"] == "ok", res
-    prob = brats_client.get(res["outputs"]["files"]["probabilities"])
+    prob = brats_client.get(role_url(res, "probabilities"))
     assert prob.status_code == 200
     assert nifti(prob.content).shape[-1] == 3
 
@@ -97,5 +120,5 @@ def test_dicom_series_as_zip_runs_as_a_job(brats_client: TestClient, case_dir: P
     assert job["state"] == "succeeded", job
     result = brats_client.get(f"/api/v1/jobs/{job_id}/result").json()
     (res,) = result["results"]
-    mask = brats_client.get(res["outputs"]["files"]["segmentation"])
+    mask = brats_client.get(role_url(res, "segmentation"))
     assert nifti(mask.content).shape == nib.load(next(case_dir.glob("*_t1.nii.gz"))).shape

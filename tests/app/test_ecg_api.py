@@ -38,8 +38,9 @@ def test_wfdb_pair(ecg_client: TestClient, record: Path) -> None:
     probs = res["outputs"]["probabilities"]
     assert sum(len(v) for v in probs.values()) == 71
     assert all(0.0 <= p <= 1.0 for branch in probs.values() for p in branch.values())
-    assert res["outputs"]["files"][0].startswith("/api/v1/jobs/")
-    assert ecg_client.get(res["outputs"]["files"][0]).json()["record"] == res["outputs"]["record"]
+    (result,) = [f for f in res["files"] if f["role"] == "result"]
+    assert result["url"].startswith("/api/v1/jobs/")
+    assert ecg_client.get(result["url"]).json()["record"] == res["outputs"]["record"]
 
 
 def test_explain_gives_prototypes(ecg_client: TestClient, record: Path) -> None:
@@ -47,11 +48,12 @@ def test_explain_gives_prototypes(ecg_client: TestClient, record: Path) -> None:
     assert r.status_code == 200, r.text
     outputs = r.json()["results"][0]["outputs"]
     assert set(outputs["explanation"]) >= {"rhythm", "morphology", "diffuse"}
-    pngs = [f for f in outputs["files"] if f.endswith(".png")]
-    assert pngs and ecg_client.get(pngs[0]).headers["content-type"] == "image/png"
+    pngs = [f["url"] for f in r.json()["results"][0]["files"] if f["role"] == "explanation"]
+    assert len(pngs) == 3 and all(p.endswith(".png") for p in pngs)
+    assert ecg_client.get(pngs[0]).headers["content-type"] == "image/png"
 
 
-def test_csv_with_a_rate_form_field(ecg_client: TestClient, record: Path) -> None:
+def test_csv_with_a_rate_option(ecg_client: TestClient, record: Path) -> None:
     import wfdb
 
     sig = wfdb.rdrecord(str(record.with_suffix(""))).p_signal
@@ -59,7 +61,7 @@ def test_csv_with_a_rate_form_field(ecg_client: TestClient, record: Path) -> Non
     np.savetxt(buf, sig, delimiter=",", fmt="%.5f")
     files = {"files": ("rec.csv", buf.getvalue().encode())}
     assert ecg_client.post(PREDICT, files=files).status_code == 400  # no rate: the task says so
-    r = ecg_client.post(PREDICT, files=files, data={"sampling_rate": "100"})
+    r = ecg_client.post(PREDICT, files=files, data={"options": '{"sampling_rate": 100}'})
     assert r.status_code == 200, r.text
     assert r.json()["results"][0]["outputs"]["input_fs"] == 100.0
 

@@ -47,10 +47,11 @@ def test_job_lifecycle(client: TestClient) -> None:
     result = client.get(done["links"]["result"]).json()
     values = {r["input"]: r["outputs"]["values"] for r in result["results"]}
     assert values == {"a.npy": [2.0, 3.0], "b.npy": [6.0]}
-    assert result["results"][0]["outputs"]["explanation"].endswith("a_explanation.json")
+    roles = {f["role"]: f["url"] for f in result["results"][0]["files"]}
+    assert roles["explanation"].endswith("a_explanation.json")
     names = {f["name"] for f in result["files"]}
     assert {"a_out.npy", "b_out.npy", "report.json", "report.csv", "a_explanation.json"} <= names
-    mask = client.get(result["results"][1]["outputs"]["mask"])
+    mask = client.get(next(f["url"] for f in result["results"][1]["files"] if f["role"] == "mask"))
     assert np.load(io.BytesIO(mask.content)).tolist() == [6.0]
     report = client.get(f"{JOBS}/{job['id']}/files/report.json").json()
     assert report["counts"] == {"ok": 2, "error": 0, "skipped": 0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,32 +23,33 @@ def test_predict_one_vector(client: TestClient) -> None:
     assert res["status"] == "ok"
     assert res["input"] == "case1.npy"  # no server path
     assert res["outputs"]["values"] == [2.0, 3.0, 4.0]
-    assert "explanation" not in res["outputs"]
-    link = res["outputs"]["mask"]
+    assert [f["role"] for f in res["files"]] == ["mask"]  # no explanation without asking
+    link = res["files"][0]["url"]
     assert link == f"/api/v1/jobs/{body['id']}/files/case1_out.npy"
+    assert res["files"][0]["name"] == "case1_out.npy" and res["files"][0]["size"] > 0
     names = {f["name"] for f in body["files"]}
     assert {"case1_out.npy", "report.json", "report.csv"} <= names
     got = client.get(link)
     assert got.status_code == 200
     assert np.load(io.BytesIO(got.content)).tolist() == [2.0, 3.0, 4.0]
     # the stored result is also readable as a finished job
-    assert client.get(f"/api/v1/jobs/{body['id']}/result").json()["results"][0]["outputs"]["mask"] == link
+    assert client.get(f"/api/v1/jobs/{body['id']}/result").json()["results"][0]["files"][0]["url"] == link
 
 
 def test_explain_adds_the_explanation(client: TestClient) -> None:
     r = client.post("/api/v1/models/addone/explain", files={"files": ("v.npy", npy_bytes([0, 0]))})
     assert r.status_code == 200, r.text
-    outputs = r.json()["results"][0]["outputs"]
-    assert outputs["explanation"].endswith("/files/v_explanation.json")
-    assert client.get(outputs["explanation"]).json() == {"saliency": [1.0, 1.0]}
+    files = {f["role"]: f["url"] for f in r.json()["results"][0]["files"]}
+    assert files["explanation"].endswith("/files/v_explanation.json")
+    assert client.get(files["explanation"]).json() == {"saliency": [1.0, 1.0]}
 
 
-def test_form_field_reaches_the_task_per_request(client: TestClient) -> None:
+def test_options_field_reaches_the_task_per_request(client: TestClient) -> None:
     csv = ("sig.csv", b"1,2,3\n")
     r = client.post(PREDICT, files={"files": csv})
     assert r.status_code == 400
     assert "sig.csv: CSV needs a sampling_rate" in r.json()["error"]["message"]
-    r = client.post(PREDICT, files={"files": csv}, data={"sampling_rate": "250"})
+    r = client.post(PREDICT, files={"files": csv}, data={"options": json.dumps({"sampling_rate": 250})})
     assert r.status_code == 200, r.text
     assert r.json()["results"][0]["outputs"]["sampling_rate"] == 250.0
     assert r.json()["results"][0]["outputs"]["values"] == [2.0, 3.0, 4.0]

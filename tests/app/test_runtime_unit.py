@@ -23,7 +23,7 @@ class FakeCudaPredictor:
     def __init__(self) -> None:
         self.device = torch.device("cuda")
         self.moves: list[str] = []
-        self.options = PredictOptions(sampling_rate=None)
+        self.options = PredictOptions()
 
     def move_to(self, device: str) -> None:
         self.moves.append(device)
@@ -59,15 +59,28 @@ def test_other_errors_are_not_retried(settings: Settings) -> None:
     assert fake.moves == []
 
 
-def test_per_request_view_leaves_the_shared_predictor_alone(settings: Settings) -> None:
+def test_request_options_are_validated_and_leave_the_defaults_alone(settings: Settings) -> None:
     rt = runtime(settings)
-    fake = FakeCudaPredictor()
-    rt.predictor = fake  # type: ignore[assignment]
-    view = rt.view({"sampling_rate": 250.0, "device": "cuda:7", "explain": True})
-    assert view is not fake and view.options.sampling_rate == 250.0
-    assert view.options.device == "auto" and view.options.explain is False  # only whitelisted fields
-    assert fake.options.sampling_rate is None
-    assert rt.view({}) is fake
+    assert rt.default_options.sampling_rate is None  # type: ignore[attr-defined]
+    per_request = rt.request_options({"sampling_rate": 250.0})
+    assert per_request.sampling_rate == 250.0  # type: ignore[attr-defined]
+    assert rt.default_options.sampling_rate is None  # type: ignore[attr-defined]
+    assert rt.request_options({}) is rt.default_options
+    with pytest.raises(ValueError, match="unknown option 'device'"):
+        rt.request_options({"device": "cuda:7"})
+    with pytest.raises(ValueError, match="sampling_rate"):
+        rt.request_options({"sampling_rate": -1})
+
+
+def test_served_defaults_come_from_the_settings(settings: Settings) -> None:
+    rt = runtime(settings.model_copy(update={"task_options": {"addone": {"sampling_rate": 50}}}))
+    assert rt.default_options.sampling_rate == 50.0  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match=r"MEDINFER_TASK_OPTIONS\[addone\].*speed"):
+        discover_models(settings.model_copy(update={"task_options": {"addone": {"speed": 2}}}))
+    with pytest.raises(ValueError, match="unknown task"):
+        discover_models(settings.model_copy(update={"task_options": {"nosuch": {}}}))
+    broken = runtime(settings.model_copy(update={"task_options": {"addone": {"sampling_rate": "fast"}}}))
+    assert broken.state == "failed" and "sampling_rate" in (broken.error or "")
 
 
 def test_discover_models(settings: Settings, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 import torch
 
 from pipelines.brats import synthetic
-from pipelines.brats.config import make_config
+from pipelines.brats.config import BratsConfig, BratsOptions
 from pipelines.brats.infer import BratsPredictor
 from pipelines.brats.transforms import MODALITIES, NAMING_2023
 from pipelines.common.checkpoint import Checkpoint, load_checkpoint, make_provenance
@@ -29,13 +29,14 @@ def geometry_cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _item(case: Path) -> InputItem:
-    items = get_task("brats").collect_inputs([str(case)])
-    assert len(items) == 1
-    return items[0]
+    collected = get_task("brats").collect_inputs([str(case)])
+    assert len(collected.items) == 1 and not collected.errors
+    return collected.items[0]
 
 
-def _predictor(ckpt_path: Path, **opts: object) -> BratsPredictor:
-    return BratsPredictor(load_checkpoint(ckpt_path, task="brats"), PredictOptions(device="cpu", **opts))  # type: ignore[arg-type]
+def _predictor(ckpt_path: Path, explain: bool = False, **opts: object) -> BratsPredictor:
+    options = PredictOptions(device="cpu", explain=explain, task=BratsOptions.parse(opts))
+    return BratsPredictor(load_checkpoint(ckpt_path, task="brats"), options)
 
 
 def test_synthetic_geometry_kinds(geometry_cases: dict[str, Path]) -> None:
@@ -56,7 +57,7 @@ def test_prediction_has_input_shape_and_affine(
     predictor = _predictor(brats_random_checkpoint, overlay=True, explain=True)
     item = _item(geometry_cases[kind])
     prep = predictor.prepare(item)
-    result = predictor.finish(prep, predictor.run([prep])[0], tmp_path)
+    result = predictor.finish(prep, predictor.run([prep])[0], tmp_path).data
     ref = nib.load(str(item.paths["t1"]))
     out = nib.load(str(tmp_path / result["files"]["segmentation"]))
     assert out.shape == ref.shape
@@ -106,11 +107,11 @@ def test_dicom_series_prediction_keeps_series_geometry(
 ) -> None:
     case = sorted(p for p in brats_heldout_data.iterdir() if p.is_dir())[1]
     dicom_dir = case / "dicom"
-    items = get_task("brats").collect_inputs([str(dicom_dir)])
+    items = get_task("brats").collect_inputs([str(dicom_dir)]).items
     assert len(items) == 1 and set(items[0].paths) == set(MODALITIES)
     predictor = _predictor(brats_random_checkpoint)
     prep = predictor.prepare(items[0])
-    result = predictor.finish(prep, predictor.run([prep])[0], tmp_path)
+    result = predictor.finish(prep, predictor.run([prep])[0], tmp_path).data
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(dicom_dir / "t1")))
     series = reader.Execute()
@@ -138,7 +139,7 @@ def test_label_conventions_and_volumes(
     levels[:5, :5, :2] = 2  # 50 of them necrotic core
     levels[:2, :2, :2] = 3  # 8 of those enhancing
     maps = np.zeros((4, *ref.shape), np.float32)
-    result = predictor.write_outputs(prep, levels, maps, tmp_path)
+    result = predictor.write_outputs(prep, predictor.labels_from_levels(levels, prep), maps, tmp_path).data
     written = np.asarray(nib.load(str(tmp_path / result["files"]["segmentation"])).dataobj)
     for level, value in enumerate(expected):
         assert (written[levels == level] == value).all()
@@ -155,18 +156,19 @@ def test_2023_naming_gives_2023_labels(brats_random_checkpoint: Path, tmp_path: 
     prep = predictor.prepare(_item(case))
     assert prep.context["convention"] == NAMING_2023
     levels = np.full(prep.context["ref"].shape, 3, np.uint8)
-    result = predictor.write_outputs(prep, levels, np.zeros((4, *levels.shape), np.float32), tmp_path)
+    labels = predictor.labels_from_levels(levels, prep)
+    result = predictor.write_outputs(prep, labels, np.zeros((4, *levels.shape), np.float32), tmp_path).data
     assert np.unique(np.asarray(nib.load(str(tmp_path / result["files"]["segmentation"])).dataobj)).tolist() == [3]
 
 
 def test_unknown_label_convention_is_rejected(brats_random_checkpoint: Path) -> None:
-    with pytest.raises(ValueError, match="--labels"):
+    with pytest.raises(ValueError, match="option 'labels'"):
         _predictor(brats_random_checkpoint, labels="brats2015")
 
 
 def test_random_checkpoint_fixture_is_a_brats_checkpoint(brats_random_checkpoint: Path) -> None:
     ckpt = load_checkpoint(brats_random_checkpoint)
-    assert ckpt.task == "brats" and make_config("tiny").roi_size == tuple(ckpt.config["roi_size"])
+    assert ckpt.task == "brats" and BratsConfig.load("tiny").roi_size == tuple(ckpt.config["roi_size"])
     assert make_provenance("x", "y", 1)["seed"] == 1
 
 

@@ -110,7 +110,7 @@ def test_bad_case_names_the_file(
     case = _copy_case(good_cases[0], tmp_path)
     culprit = breaker(case)
     predictor = BratsPredictor(load_checkpoint(brats_random_checkpoint), PredictOptions(device="cpu"))
-    (item,) = get_task("brats").collect_inputs([str(case)])
+    (item,) = get_task("brats").collect_inputs([str(case)]).items
     with pytest.raises(InputError) as exc:
         predictor.prepare(item)
     assert message in str(exc.value)
@@ -149,32 +149,31 @@ def test_grouping_files_folders_and_roles(good_cases: list[Path], tmp_path: Path
     task = get_task("brats")
     case = good_cases[0]
     files = [str(p) for p in sorted(case.glob("*.nii.gz"))]
-    (by_files,) = task.collect_inputs(files)
+    (by_files,) = task.collect_inputs(files).items
     assert set(by_files.paths) == {"t1", "t1ce", "t2", "flair"}, "the seg file is not an input"
-    (by_folder,) = task.collect_inputs([str(case)])
+    (by_folder,) = task.collect_inputs([str(case)]).items
     assert by_folder.paths == by_files.paths and by_folder.name == case.name
     roles = [f"t1={_file(case, 't1')}", f"T1CE={_file(case, 't1ce')}", f"t2w={_file(case, 't2')}"]
-    (explicit,) = task.collect_inputs([*roles, f"flair={_file(case, 'flair')}"])
+    (explicit,) = task.collect_inputs([*roles, f"flair={_file(case, 'flair')}"]).items
     assert explicit.paths == by_files.paths
-    many = task.collect_inputs([str(case.parent)])
+    many = task.collect_inputs([str(case.parent)]).items
     assert sorted(i.name for i in many) == sorted(c.name for c in good_cases)
-    globbed = task.collect_inputs([str(case.parent / "*" / "*_t1.nii.gz")])
+    globbed = task.collect_inputs([str(case.parent / "*" / "*_t1.nii.gz")]).items
     assert len(globbed) == 3 and all(set(i.paths) == {"t1"} for i in globbed)
-    with pytest.raises(InputError, match="unknown modality"):
-        task.collect_inputs([f"pd={_file(case, 't1')}"])
+    (unknown,) = task.collect_inputs([f"pd={_file(case, 't1')}"]).errors
+    assert "unknown modality 'pd'" in str(unknown)
 
 
-def test_nonexistent_and_unnamed_inputs_fail_per_item(brats_random_checkpoint: Path, tmp_path: Path) -> None:
+def test_nonexistent_and_unnamed_inputs_are_grouping_errors(tmp_path: Path) -> None:
     task = get_task("brats")
     stray = tmp_path / "notes.txt"
     stray.write_text("hello")
-    items = task.collect_inputs([str(tmp_path / "missing_case"), str(stray)])
-    predictor = BratsPredictor(load_checkpoint(brats_random_checkpoint), PredictOptions(device="cpu"))
-    messages = []
-    for item in items:
-        with pytest.raises(InputError) as exc:
-            predictor.prepare(item)
-        messages.append(str(exc.value))
+    (tmp_path / "empty").mkdir()
+    collected = task.collect_inputs([str(tmp_path / "missing_case"), str(stray), str(tmp_path / "empty")])
+    assert collected.items == []
+    messages = [str(e) for e in collected.errors]
+    assert len(messages) == 3
+    assert any("empty" in m and "is not a BraTS case" in m for m in messages)
     assert any("missing_case" in m and "does not exist" in m for m in messages)
     assert any("notes.txt" in m and "cannot tell which modality" in m for m in messages)
 

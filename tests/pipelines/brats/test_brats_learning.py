@@ -43,7 +43,9 @@ def test_run_folder_contents(brats_tiny_run: Path) -> None:
     ckpt = load_checkpoint(brats_tiny_run)
     assert ckpt.path == brats_tiny_run / "best.pt"
     raw = torch.load(brats_tiny_run / "best.pt", weights_only=True)
-    assert set(raw["provenance"]) == {"dataset", "data_card", "seed", "trained_at", "code_version"}
+    assert set(raw["provenance"]) == {"dataset", "data_card", "seed", "trained_at", "code_version", "synthetic"}
+    assert raw["provenance"]["synthetic"] is True and raw["provenance"]["data_card"] == "synthetic.md"
+    assert raw["heads"] == {"regions": ["WT", "TC", "ET"]}
     assert raw["labels"] == ["WT", "TC", "ET"] and raw["model_name"] == "brats_nested_unet"
     history = json.loads((brats_tiny_run / "metrics.json").read_text())["history"]
     assert len(history) == 40 and all({"dice_WT", "dice_TC", "dice_ET"} <= set(h) for h in history)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from pipelines.brats import synthetic
-from pipelines.brats.config import BratsConfig, make_config
-from pipelines.brats.datasets import discover_cases, split_cases
+from pipelines.brats.config import BratsConfig
+from pipelines.brats.datasets import discover_cases
+from pipelines.common.trainer import split_indices
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +69,15 @@ def test_geometry_plan_and_determinism(tmp_path: Path) -> None:
 def test_discover_and_split(data: Path) -> None:
     cases = discover_cases(data)
     assert len(cases) == 5 and all({"t1", "t1ce", "t2", "flair", "seg"} <= set(c) for c in cases)
-    train, val = split_cases(cases, 0.2, seed=0)
-    assert len(val) == 1 and len(train) == 4
-    assert split_cases(cases, 0.2, seed=0) == (train, val)
+    train, val = split_indices(len(cases), 0.2, seed=0)
+    assert len(val) == 1 and len(train) == 4 and sorted(train + val) == list(range(5))
+    assert split_indices(len(cases), 0.2, seed=0) == (train, val)
     with pytest.raises(ValueError, match="no complete"):
         discover_cases(data / "BraTS20_Training_21001" / "nowhere")
 
 
 def test_config_presets_and_overrides(tmp_path: Path) -> None:
-    full = make_config("full")
+    full = BratsConfig.load("full")
     assert (full.lr, full.weight_decay, full.lr_decay, full.batch_size, full.roi_size) == (
         5e-4,
         5e-5,
@@ -87,15 +88,21 @@ def test_config_presets_and_overrides(tmp_path: Path) -> None:
     assert (full.depth, full.base_filters, full.dropout, full.deep_supervision_levels) == (5, 16, 0.3, 3)
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("head: regions\nbeta: 4.0\nroi_size: [64, 64, 64]\n", encoding="utf-8")
-    cfg = make_config("tiny", yaml_file, epochs=3)
+    cfg = BratsConfig.load("tiny", yaml_file, epochs=3)
     assert (cfg.head, cfg.beta, cfg.roi_size, cfg.epochs, cfg.preset) == ("regions", 4.0, (64, 64, 64), 3, "tiny")
-    assert BratsConfig.from_dict(cfg.to_dict()) == cfg
+    assert BratsConfig.from_checkpoint(cfg.to_dict()) == cfg
     yaml_file.write_text("learning_rate: 1\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="unknown brats config keys"):
-        make_config("tiny", yaml_file)
+    with pytest.raises(ValueError, match="unknown config key 'learning_rate'"):
+        BratsConfig.load("tiny", yaml_file)
     with pytest.raises(ValueError, match="divisible"):
-        BratsConfig(roi_size=(100, 100, 100))
-    with pytest.raises(ValueError, match="increasing"):
-        BratsConfig(thresholds=(0.0, -1.0, 2.0))
+        BratsConfig.build({"roi_size": (100, 100, 100)})
+    with pytest.raises(ValueError, match="config key 'thresholds'.*increasing"):
+        BratsConfig.build({"thresholds": (0.0, -1.0, 2.0)})
+    with pytest.raises(ValueError, match="config key 'head'"):
+        BratsConfig.build({"head": "sigmoid"})
     with pytest.raises(ValueError, match="preset"):
-        make_config("medium")
+        BratsConfig.load("medium")
+    # a medinfer 0.1 checkpoint's config carried a key nobody read; it still loads
+    assert BratsConfig.from_checkpoint({**cfg.to_dict(), "sw_overlap": 0.5}) == cfg
+    with pytest.raises(ValueError, match="sw_overlap"):
+        BratsConfig.build({"sw_overlap": 0.5})

@@ -11,14 +11,21 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from pipelines.common.checkpoint import Checkpoint
 from pipelines.common.errors import InputError
 from pipelines.common.metrics import HD95_EMPTY_PENALTY, dice_hd95, summarize
 from pipelines.common.predict import run_predictions
-from pipelines.common.task import InputItem, PredictOptions, Predictor, Prepared, get_task, list_tasks
-from pipelines.common.trainer import Trainer
+from pipelines.common.task import (
+    Collected,
+    InputItem,
+    ItemOutput,
+    PredictOptions,
+    Predictor,
+    Prepared,
+    get_task,
+    list_tasks,
+)
 
 
 class PlusOne(Predictor):
@@ -41,10 +48,14 @@ class PlusOne(Predictor):
         self.batches.append(len(batch))
         return (torch.tensor([p.data for p in batch]) + 1).tolist()
 
-    def finish(self, prepared: Prepared, raw: Any, out_dir: Path) -> dict[str, Any]:
+    def finish(self, prepared: Prepared, raw: Any, out_dir: Path) -> ItemOutput:
         if raw == 14:
             raise InputError(prepared.item.paths["x"], "unlucky")
-        return {"y": raw}
+        path = out_dir / f"{prepared.item.name}.txt"
+        path.write_text(str(raw), encoding="utf-8")
+        output = ItemOutput({"y": raw})
+        output.add("result", path, out_dir)
+        return output
 
 
 def _items(tmp_path: Path, values: list[str]) -> list[InputItem]:
@@ -76,35 +87,25 @@ def test_runner_stops_without_continue(tmp_path: Path) -> None:
     assert [r.status for r in report.results] == ["ok", "error", "skipped"]
 
 
-def test_trainer_learns_a_line_and_checkpoints(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    x = torch.linspace(-1, 1, 64).unsqueeze(1)
-    loader = [(x, 3 * x + 1)]
-    saved: list[tuple[str, int]] = []
+def test_report_lists_each_inputs_files_by_role(tmp_path: Path) -> None:
+    report = run_predictions(PlusOne(max_batch=2), _items(tmp_path, ["1", "2"]), tmp_path / "o", task="toy")
+    data = json.loads((tmp_path / "o" / "report.json").read_text(encoding="utf-8"))
+    assert [r["files"] for r in data["results"]] == [
+        [{"role": "result", "path": "in0.txt"}],
+        [{"role": "result", "path": "in1.txt"}],
+    ]
+    assert report.results[0].files[0].role == "result"
 
-    class LineTrainer(Trainer):
-        def configure_optimizers(self) -> tuple[torch.optim.Optimizer, Any]:
-            return torch.optim.SGD(self.model.parameters(), lr=0.3), None
 
-        def train_step(self, batch: Any) -> torch.Tensor:
-            return nn.functional.mse_loss(self.model(batch[0]), batch[1])
-
-        def validate(self, val_data: Any) -> dict[str, float]:
-            return {"mse": float(nn.functional.mse_loss(self.model(x), 3 * x + 1))}
-
-    trainer = LineTrainer(
-        nn.Linear(1, 1), device="cpu", epochs=60, out_dir=tmp_path, monitor="mse", mode="min",
-        save_fn=lambda kind, epoch, m: saved.append((kind, epoch)),
-    )  # fmt: skip
-    history = trainer.fit(loader, val_data=True)
-    assert history[-1]["mse"] < 1e-3
-    assert trainer.model.weight.item() == pytest.approx(3.0, abs=0.05)
-    assert ("last", 60) in saved and trainer.best_epoch == max(e for k, e in saved if k == "best")
-    summary = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
-    assert summary["best_epoch"] == trainer.best_epoch and len(summary["history"]) == 60
-    assert (tmp_path / "training_curve.png").stat().st_size > 1000
-    with pytest.raises(ValueError, match="epochs"):
-        LineTrainer(nn.Linear(1, 1), device="cpu", epochs=0, out_dir=tmp_path, monitor="mse")
+def test_grouping_errors_come_first_and_stop_the_run(tmp_path: Path) -> None:
+    """Paths ``collect_inputs`` could not use are errors of the report, never sentinel items."""
+    items = _items(tmp_path, ["1", "2"])
+    collected = Collected(items, [InputError(tmp_path / "gone.txt", "does not exist")])
+    stopped = run_predictions(PlusOne(max_batch=1), collected, tmp_path / "a", task="toy")
+    assert [r.status for r in stopped.results] == ["error", "skipped", "skipped"]
+    assert stopped.results[0].error == f"{tmp_path / 'gone.txt'}: does not exist"
+    going = run_predictions(PlusOne(max_batch=1), collected, tmp_path / "b", task="toy", continue_on_error=True)
+    assert [r.status for r in going.results] == ["error", "ok", "ok"]
 
 
 def test_task_registry_discovers_and_suggests() -> None:
@@ -136,8 +137,3 @@ def test_summarize_skips_non_finite() -> None:
     s = summarize([1.0, 2.0, 3.0, float("nan")])
     assert s["mean"] == 2.0 and s["median"] == 2.0 and s["n"] == 3
     assert math.isnan(summarize([])["mean"])
-
-
-def test_amp_only_on_cuda(tmp_path: Path) -> None:
-    trainer = Trainer(nn.Linear(1, 1), device="cpu", epochs=1, out_dir=tmp_path, monitor="x", amp=True)
-    assert trainer.use_amp is False and not trainer.scaler.is_enabled()

@@ -1,0 +1,331 @@
+"""The volume segmentation family (brats, prostate): one predictor and one evaluation for every 3D segmenter.
+
+The pipeline of one case: read it with its geometry → the task's invertible MONAI ``Compose`` →
+``SlidingWindowInferer`` (gaussian blending) with optional mirror TTA and AMP on CUDA → the task's activation
+of the logits into continuous maps → ``Compose.inverse`` back to the input grid → the task's ``decode`` into a
+label map → :func:`~pipelines.common.io.write_like` (same shape, affine and header as the input), per-region
+volumes in mL, an overlay PNG and, when explained, the probability maps.
+
+A segmenter subclasses :class:`SegmentationPredictor` and supplies: ``read_case``, ``preprocess_transforms``,
+``roi_size``, ``activate``, ``decode``, ``regions`` (and optionally ``probabilities``, ``overlay_colors``,
+``result_fields``, ``model_fields``). Its options model extends :class:`VolumeOptions`.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import csv
+import itertools
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+from pydantic import Field
+
+from pipelines.common import keys
+from pipelines.common.config import TaskOptions
+from pipelines.common.device import autocast
+from pipelines.common.io import Volume, write_json, write_like
+from pipelines.common.task import InputItem, ItemOutput, Predictor, Prepared
+
+if TYPE_CHECKING:
+    import torch
+    from monai.transforms import Compose
+
+__all__ = [
+    "LabelledCase",
+    "SegmentationPredictor",
+    "VolumeCase",
+    "VolumeOptions",
+    "evaluate_segmentation",
+    "mirror_axes",
+]
+
+
+class VolumeOptions(TaskOptions):
+    """Inference options every volume segmenter has."""
+
+    tta: bool = Field(False, description="Mirror test-time augmentation: average the 8 flips of the three axes.")
+    overlap: float = Field(0.5, ge=0.0, le=0.95, description="Overlap of neighbouring sliding windows.")
+    sw_batch_size: int = Field(4, ge=1, le=256, description="Sliding windows per forward pass.")
+    overlay: bool = Field(False, description="Also write a preview PNG (largest-lesion axial slice).")
+
+
+VolumeOptionsT = TypeVar("VolumeOptionsT", bound=VolumeOptions)
+
+
+@dataclass
+class VolumeCase:
+    """One case read with its geometry, before preprocessing.
+
+    Args:
+        data: the input of the task's preprocessing ``Compose`` (``{"image": MetaTensor (C, X, Y, Z)}``).
+        ref: the volume whose grid every output is written in.
+        preview: the channel the overlay shows.
+        context: anything else the task's ``decode`` or ``result_fields`` need.
+    """
+
+    data: dict[str, Any]
+    ref: Volume
+    preview: Volume
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+def mirror_axes() -> list[tuple[int, ...]]:
+    """The 7 non-empty combinations of the spatial axes (2, 3, 4) of a (B, C, X, Y, Z) tensor."""
+    return [c for r in (1, 2, 3) for c in itertools.combinations((2, 3, 4), r)]
+
+
+class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
+    """A loaded 3D segmenter: one case per ``run``; the sliding window batches inside it."""
+
+    max_batch = 1
+    options_model = VolumeOptions
+
+    def __init__(self, checkpoint: Any, options: Any) -> None:
+        super().__init__(checkpoint, options)
+        self.preprocess = self.preprocess_transforms()
+
+    # -- what a segmenter supplies ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def read_case(self, item: InputItem, options: VolumeOptionsT) -> VolumeCase:
+        """Read one case with its geometry (raises ``InputError`` naming the file)."""
+
+    @abc.abstractmethod
+    def preprocess_transforms(self) -> Compose:
+        """The invertible preprocessing shared with training (keys: ``image`` only)."""
+
+    @abc.abstractmethod
+    def roi_size(self) -> tuple[int, int, int]:
+        """Sliding-window size."""
+
+    @abc.abstractmethod
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Continuous maps (B, M, X, Y, Z) from the network's logits; these are inverted to the input grid."""
+
+    @abc.abstractmethod
+    def decode(self, maps: np.ndarray, prepared: Prepared) -> np.ndarray:
+        """The label map (X, Y, Z) written to disk, from the maps (M, X, Y, Z) on the input grid."""
+
+    @abc.abstractmethod
+    def regions(self, labels: np.ndarray, prepared: Prepared) -> dict[str, np.ndarray]:
+        """Named boolean masks of a decoded label map (their volumes are reported in mL)."""
+
+    def probabilities(self, maps: np.ndarray, prepared: Prepared) -> np.ndarray:
+        """Per-region probabilities (R, X, Y, Z) written when explained (default: the maps themselves)."""
+        return maps
+
+    def overlay_colors(self, prepared: Prepared, labels: np.ndarray) -> Mapping[int, str]:
+        """Label value → overlay colour (default: matplotlib's tab10 cycle over the values present)."""
+        values = [int(v) for v in np.unique(labels) if v != 0]
+        return {v: f"C{i % 10}" for i, v in enumerate(values)}
+
+    def result_fields(self, prepared: Prepared) -> dict[str, Any]:
+        """The task's own fields of the result JSON (after ``case``)."""
+        return {}
+
+    def model_fields(self) -> dict[str, Any]:
+        """What the result says about the model."""
+        return {"name": self.checkpoint.model_name, "version": self.checkpoint.version}
+
+    # -- the three steps ---------------------------------------------------------------------------------------
+    def prepare(self, item: InputItem) -> Prepared:
+        options = self.item_options(item)
+        t0 = time.perf_counter()
+        case = self.read_case(item, options)
+        t1 = time.perf_counter()
+        data = self.preprocess(case.data)
+        t2 = time.perf_counter()
+        context = {"ref": case.ref, "preview": case.preview, **case.context}
+        return Prepared(item, data[keys.IMAGE], context, {"read": t1 - t0, "preprocess": t2 - t1}, options)
+
+    def run(self, batch: Sequence[Prepared]) -> list[torch.Tensor]:
+        outs = []
+        for prep in batch:
+            t0 = time.perf_counter()
+            outs.append(self.infer_maps(prep.data, prep.options))
+            prep.timings["infer"] = time.perf_counter() - t0
+        return outs
+
+    def finish(self, prepared: Prepared, raw: Any, out_dir: Path) -> ItemOutput:
+        t0 = time.perf_counter()
+        labels, maps = self.postprocess(prepared, raw)
+        t1 = time.perf_counter()
+        result = self.write_outputs(prepared, labels, maps, out_dir)
+        prepared.timings["postprocess"] = t1 - t0
+        prepared.timings["write"] = time.perf_counter() - t1
+        return result
+
+    # -- pieces --------------------------------------------------------------------------------------------
+    def forward_maps(self, x: torch.Tensor, options: VolumeOptions) -> torch.Tensor:
+        """Sliding-window logits of a (B, C, X, Y, Z) batch turned into maps, under AMP on CUDA."""
+        from monai.inferers import SlidingWindowInferer
+
+        inferer = SlidingWindowInferer(
+            roi_size=self.roi_size(), sw_batch_size=options.sw_batch_size, overlap=options.overlap, mode="gaussian"
+        )
+        with autocast(self.device, self.options.amp):
+            logits = inferer(x, self.model)
+        return self.activate(logits.float())
+
+    def infer_maps(self, image: torch.Tensor, options: VolumeOptions | None = None) -> torch.Tensor:
+        """Maps (M, x, y, z) in the preprocessed grid, averaged over mirrored copies when TTA is on."""
+        import torch
+
+        options = options or self.task_options
+        with torch.no_grad():
+            x = torch.as_tensor(image).float()[None].to(self.device)
+            maps = self.forward_maps(x, options)
+            if options.tta:
+                flips = mirror_axes()
+                for dims in flips:
+                    maps += torch.flip(self.forward_maps(torch.flip(x, dims), options), dims)
+                maps /= 1 + len(flips)
+        return maps[0].cpu()
+
+    def invert(self, prepared: Prepared, maps: torch.Tensor) -> np.ndarray:
+        """Maps (M, X, Y, Z) on the input's grid: the preprocessing's MONAI trace inverted."""
+        from monai.data import MetaTensor
+
+        image: MetaTensor = prepared.data
+        pred = MetaTensor(maps, meta=copy.deepcopy(image.meta))
+        pred.applied_operations = copy.deepcopy(image.applied_operations)
+        restored = np.asarray(self.preprocess.inverse({keys.IMAGE: pred})[keys.IMAGE], dtype=np.float32)
+        ref: Volume = prepared.context["ref"]
+        if restored.shape[1:] != ref.shape:
+            raise RuntimeError(f"inverted shape {restored.shape[1:]} differs from the input's {ref.shape}")
+        return restored
+
+    def postprocess(self, prepared: Prepared, maps: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """The label map (X, Y, Z) and the maps (M, X, Y, Z), both on the input's grid."""
+        restored = self.invert(prepared, maps)
+        return self.decode(restored, prepared), restored
+
+    def write_outputs(self, prepared: Prepared, labels: np.ndarray, maps: np.ndarray, out_dir: Path) -> ItemOutput:
+        """Label map, result JSON with region volumes, optional overlay and probability maps."""
+        ref: Volume = prepared.context["ref"]
+        options: VolumeOptions = prepared.options
+        name = prepared.item.name
+        out_dir.mkdir(parents=True, exist_ok=True)
+        output = ItemOutput({})
+        files = {
+            "segmentation": output.add(
+                "segmentation", write_like(labels, ref, out_dir / f"{name}_pred.nii.gz"), out_dir
+            )
+        }
+        volumes = {
+            region: round(float(mask.sum()) * ref.voxel_volume_ml, 3)
+            for region, mask in self.regions(labels, prepared).items()
+        }
+        if options.overlay:
+            files["overlay"] = output.add(
+                "overlay", self.overlay(prepared, labels, out_dir / f"{name}_overlay.png"), out_dir
+            )
+        if self.wants_explanation(prepared.item):
+            probs = self.probabilities(maps, prepared)
+            prob_path = write_like(np.moveaxis(probs, 0, -1), ref, out_dir / f"{name}_prob.nii.gz", np.float32)
+            files["probabilities"] = output.add("probabilities", prob_path, out_dir)
+        output.data = {
+            "case": name,
+            **self.result_fields(prepared),
+            "volumes_ml": volumes,
+            "shape": list(ref.shape),
+            "voxel_volume_ml": ref.voxel_volume_ml,
+            "files": files,
+            "model": self.model_fields(),
+        }
+        output.add("result", write_json(output.data, out_dir / f"{name}.json"), out_dir)
+        return output
+
+    def overlay(self, prepared: Prepared, labels: np.ndarray, path: Path) -> Path:
+        """The preview channel's axial slice with the most foreground, in RAS display, with labels overlaid."""
+        import nibabel as nib
+
+        from pipelines.common.plots import plot_overlay
+
+        preview: Volume = prepared.context["preview"]
+        ornt = nib.orientations.io_orientation(preview.affine)
+        img = nib.orientations.apply_orientation(preview.array, ornt)
+        lab = nib.orientations.apply_orientation(labels, ornt)
+        z = int(np.argmax((lab > 0).sum(axis=(0, 1))))
+        title = f"{prepared.item.name} (axial {z})"
+        colors = dict(self.overlay_colors(prepared, labels))
+        return plot_overlay(img[:, :, z], lab[:, :, z], colors, path, title=title)
+
+    def warmup(self) -> None:
+        import torch
+
+        channels = int(self.checkpoint.model_kwargs.get("in_channels", 1))
+        x = torch.zeros((1, channels, *self.roi_size()), device=self.device)
+        with torch.no_grad():
+            self.forward_maps(x, self.task_options)
+
+
+# -- evaluation ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LabelledCase:
+    """A case with its reference segmentation, for evaluation."""
+
+    item: InputItem
+    label: Path
+
+
+def evaluate_segmentation(
+    predictor: SegmentationPredictor,
+    cases: Iterable[LabelledCase],
+    out_dir: Path,
+    reference_regions: Callable[[Path, Prepared], tuple[dict[str, np.ndarray], Sequence[float]]],
+    *,
+    task: str,
+    notes: str,
+) -> dict[str, Any]:
+    """Dice and HD95 per region (MONAI) on labelled cases; writes predictions, ``cases.csv`` and ``summary.json``.
+
+    Args:
+        predictor: a loaded segmenter.
+        cases: the labelled cases.
+        out_dir: output folder (predictions under ``predictions/``).
+        reference_regions: reads a reference on the prepared case's grid → (region masks, spacing in mm).
+        task: task name for the summary.
+        notes: the stated rules (empty regions...) written into the summary.
+
+    Raises:
+        ValueError: no cases.
+    """
+    from pipelines.common.metrics import dice_hd95, summarize
+
+    out_dir = Path(out_dir)
+    pred_dir = out_dir / "predictions"
+    rows = []
+    for case in cases:
+        prepared = predictor.prepare(case.item)
+        maps = predictor.run([prepared])[0]
+        labels, restored = predictor.postprocess(prepared, maps)
+        predictor.write_outputs(prepared, labels, restored, pred_dir)
+        ref_regions, spacing = reference_regions(case.label, prepared)
+        pred_regions = predictor.regions(labels, prepared)
+        names = list(ref_regions)
+        pred = np.stack([pred_regions[n] for n in names]).astype(bool)
+        ref = np.stack([ref_regions[n] for n in names]).astype(bool)
+        rows.append({"case": case.item.name, **dice_hd95(pred, ref, list(spacing), names)})
+    if not rows:
+        raise ValueError("no labelled cases to evaluate")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "cases.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    metrics = [k for k in rows[0] if k != "case"]
+    summary = {
+        "task": task,
+        "checkpoint": str(predictor.checkpoint.path or ""),
+        "n_cases": len(rows),
+        "metrics": {m: summarize(r[m] for r in rows) for m in metrics},
+        "notes": notes,
+    }
+    write_json(summary, out_dir / "summary.json")
+    return summary
