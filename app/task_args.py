@@ -123,11 +123,13 @@ def describe_options(model: type[BaseModel]) -> list[dict[str, Any]]:
     rows = []
     for name, field in model.model_fields.items():
         prop = schema.get("properties", {}).get(name, {})
-        kind = prop.get("type") or "|".join(
-            str(a.get("type") or a.get("enum") or a.get("const")) for a in prop.get("anyOf", []) if a
-        )
-        if "enum" in prop:
-            kind = "|".join(str(v) for v in prop["enum"])
+        parts = []
+        for part in prop.get("anyOf", [prop]):
+            if "enum" in part:
+                parts.extend(str(v) for v in part["enum"])
+            elif "type" in part:
+                parts.append("none" if part["type"] == "null" else str(part["type"]))
+        kind = "|".join(parts)
         rows.append(
             {
                 "flag": _flag(name) + ("/--no-" + name.replace("_", "-") if _is_bool(model, name) else ""),

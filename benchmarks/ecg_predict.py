@@ -44,17 +44,12 @@ def _write_records(folder: Path, n: int) -> list[str]:
 
 
 def _checkpoint(path: str | None, preset: str):
-    from models import create_model
-    from pipelines.common.checkpoint import Checkpoint, load_checkpoint
-    from pipelines.ecg.config import MODEL_NAME, PTBXL_LABELS, load_config
+    from pipelines.common.checkpoint import load_checkpoint
+    from pipelines.common.task import get_task
 
     if path:
         return load_checkpoint(path, task="ecg")
-    cfg = load_config(preset)
-    torch.manual_seed(0)
-    model = create_model(MODEL_NAME, **cfg.model_kwargs)
-    return Checkpoint("ecg", MODEL_NAME, dict(cfg.model_kwargs), model.state_dict(), list(PTBXL_LABELS),
-                      preprocessing={"highpass_hz": 0.5, "sampling_rate_hz": 100.0})  # fmt: skip
+    return get_task("ecg").untrained_checkpoint(preset, seed=0)
 
 
 def main() -> None:
@@ -85,7 +80,7 @@ def main() -> None:
         folder = Path(tmp) / "records"
         folder.mkdir()
         paths = _write_records(folder, args.n)
-        items = task.collect_inputs([str(folder)])
+        items = task.collect_inputs([str(folder)]).items
         predictor = task.load_predictor(ckpt, PredictOptions(device=args.device, batch_size=1))
         t0 = time.perf_counter()
         for it in items:

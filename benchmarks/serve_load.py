@@ -56,7 +56,7 @@ def sample_upload(task: str, data: Path) -> list[tuple[str, tuple[str, bytes]]]:
     from pipelines.common.task import get_task
 
     t = get_task(task)
-    item = t.collect_inputs([str(data)])[0]
+    item = t.collect_inputs([str(data)]).items[0]
     path = Path(next(iter(item.paths.values())))
     stem = path.name.split(".")[0]
     files = sorted(f for f in path.parent.iterdir() if f.is_file() and f.name.split(".")[0] == stem)

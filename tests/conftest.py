@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+# shared helpers (tests/lib/medinfer_testlib.py) importable from every test module under --import-mode=importlib;
+# a folder of its own, so that tests/models never shadows the models package
+sys.path.append(str(Path(__file__).resolve().parent / "lib"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

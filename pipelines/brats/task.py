@@ -90,9 +90,9 @@ class BratsTask(Task):
     def demo_synth_n(self) -> int:
         return 10
 
-    def demo_inputs(self, data_dir: Path) -> list[str]:
-        heldout = self.synth(Path(data_dir).parent / "brats_heldout", n=2, seed=1000)
-        return [str(p) for p in sorted(heldout.iterdir()) if p.is_dir()]
+    def example_inputs(self, root: Path, n: int, seed: int) -> list[str]:
+        data = self.synth(root, n=n, seed=seed)
+        return [str(p) for p in sorted(data.iterdir()) if p.is_dir()]
 
     # -- inference ---------------------------------------------------------------------------------------
     def collect_inputs(self, inputs: Sequence[str]) -> Collected:

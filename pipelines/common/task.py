@@ -351,8 +351,16 @@ class Task(abc.ABC):
         return 8
 
     @abc.abstractmethod
+    def example_inputs(self, root: Path, n: int, seed: int) -> list[str]:
+        """Write ``n`` synthetic inputs under ``root`` in the task's input formats; return what to pass to predict.
+
+        The demo predicts on them (held out from its training data) and the test battery runs every task
+        through the CLI and the service with them.
+        """
+
     def demo_inputs(self, data_dir: Path) -> list[str]:
-        """Inputs of a synthetic dataset that ``medinfer demo`` predicts on (held-out ones)."""
+        """Held-out synthetic inputs ``medinfer demo`` predicts on (beside its training data)."""
+        return self.example_inputs(Path(data_dir).parent / f"{self.name}_heldout", 2, seed=1000)
 
     # -- options -------------------------------------------------------------------------------------------
     def parse_options(self, values: dict[str, Any], source: str = "") -> TaskOptions:

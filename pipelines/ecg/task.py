@@ -134,6 +134,13 @@ class EcgTask(Task):
         test = df[df["strat_fold"] == 10].head(8)
         return [str(Path(data_dir) / f"{f}.hea") for f in test["filename_lr"]]
 
+    def example_inputs(self, root: Path, n: int, seed: int) -> list[str]:
+        """WFDB records at 100 Hz, and DICOM waveforms at 500 Hz when ``n`` > 1 (alternating)."""
+        data = self.synth(root, n=n, seed=seed, dicom=n > 1)
+        wfdb = sorted((data / "records100").rglob("*.hea"))
+        dicom = sorted((data / "dicom").glob("*.dcm")) if n > 1 else []
+        return [str(wfdb[i] if i % 2 == 0 or not dicom else dicom[i]) for i in range(n)]
+
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["branches"] = {name: list(labels) for name, labels in BRANCH_LABELS.items()}

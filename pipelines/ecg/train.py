@@ -262,9 +262,8 @@ class EcgRun(TrainingRun[EcgConfig]):
     def best_metrics(self) -> dict[str, Any]:
         return dict(self.validation)
 
-    def card(self) -> CardText:
-        cfg = self.config
-        kw = cfg.model_kwargs
+    def departure_notes(self) -> list[str]:
+        """How the 2D branches start and what the stage-1 2D head is, against the authors' code."""
         init = self.extra.get("init_weights")
         init_note = (
             f"the 2D ResNet-18 branches start from the local state dict `{init['file']}` (all layers but the replaced "
@@ -274,7 +273,7 @@ class EcgRun(TrainingRun[EcgConfig]):
             "from ImageNet weights (all but the replaced 12x7 first conv). medinfer downloads nothing: pass "
             "`--init-weights FILE` with a local torchvision ResNet-18 state dict [CODE]"
         )
-        head = kw.get("fc_head", "pool")
+        head = self.config.model_kwargs.get("fc_head", "pool")
         head_note = (
             "the feature-extractor stage's 2D head is Linear(F*W, C) on the flattened (F, 1, W) map, as the authors' "
             "code does [CODE]"
@@ -282,6 +281,11 @@ class EcgRun(TrainingRun[EcgConfig]):
             else "Departure from the authors' code: the feature-extractor stage's 2D head averages the feature map "
             "before its Linear layer (the authors flatten it) [INF]"
         )
+        return [init_note, head_note]
+
+    def card(self) -> CardText:
+        cfg = self.config
+        kw = cfg.model_kwargs
         return CardText(
             title="ProtoECGNet (ecg)",
             summary="Three prototype branches (rhythm 1D ResNet-18 with global prototypes; morphology 2D ResNet-18 "
@@ -299,8 +303,7 @@ class EcgRun(TrainingRun[EcgConfig]):
                 f"{kw.get('proto_dim')} [CODE defaults 5/18/7, ResNet-18, 512]",
                 f"loss weights clst {cfg.clst}, sep {cfg.sep}, div {cfg.div}, cnrst {cfg.cnrst}; L1 "
                 f"{cfg.l1_classifier} (classifier, off-class only) and {cfg.l1_fusion} (fusion) [CODE]",
-                init_note,
-                head_note,
+                *self.departure_notes(),
                 "all selected branches train together in each branch stage (independent parameters and losses) [INF]",
                 "each stage keeps its best epoch by validation macro AUROC on fold 9; Adam with cosine annealing [INF]",
                 "per-class decision thresholds chosen on validation by max F1 (paper: 0.5) [INF]",

@@ -190,8 +190,8 @@ class AddOneTask(Task):
     def load_predictor(self, checkpoint: Checkpoint, options: PredictOptions) -> Predictor:
         return AddOnePredictor(checkpoint, options)
 
-    def demo_inputs(self, data_dir: Path) -> list[str]:
-        return [str(p) for p in sorted(data_dir.glob("*.npy"))]
+    def example_inputs(self, root: Path, n: int, seed: int) -> list[str]:
+        return [str(p) for p in sorted(self.synth(root, n, seed).glob("*.npy"))]
 
 
 def checkpoint() -> Checkpoint:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from medinfer_testlib import torchvision_resnet18_state
 
 from models import create_model, get_model_spec
 from models.protoecgnet import (
@@ -246,38 +247,6 @@ def test_checkpoint_round_trip_and_legacy_fc_head(tmp_path: Path, fc_head: str |
 RESNET18 = dict(TINY, widths=(64, 128, 256, 512), layers=(2, 2, 2, 2), proto_dim=8, prototypes_per_class=(1, 1, 1))
 
 
-def _torchvision_resnet18_state(prefix: str = "", seed: int = 0, batches: bool = True) -> dict[str, torch.Tensor]:
-    """Random tensors in torchvision's ``resnet18().state_dict()`` layout (built by hand: no torchvision here)."""
-    gen = torch.Generator().manual_seed(seed)
-    state: dict[str, torch.Tensor] = {}
-
-    def bn(name: str, c: int) -> None:
-        state[f"{name}.weight"] = torch.rand(c, generator=gen) + 0.5
-        state[f"{name}.bias"] = torch.randn(c, generator=gen)
-        state[f"{name}.running_mean"] = torch.randn(c, generator=gen)
-        state[f"{name}.running_var"] = torch.rand(c, generator=gen) + 0.5
-        if batches:
-            state[f"{name}.num_batches_tracked"] = torch.randint(1, 10_000, (), generator=gen)
-
-    state["conv1.weight"] = torch.randn(64, 3, 7, 7, generator=gen)
-    bn("bn1", 64)
-    prev = 64
-    for stage, width in enumerate((64, 128, 256, 512), start=1):
-        for block in range(2):
-            name, cin = f"layer{stage}.{block}", prev if block == 0 else width
-            state[f"{name}.conv1.weight"] = torch.randn(width, cin, 3, 3, generator=gen)
-            bn(f"{name}.bn1", width)
-            state[f"{name}.conv2.weight"] = torch.randn(width, width, 3, 3, generator=gen)
-            bn(f"{name}.bn2", width)
-            if block == 0 and stage > 1:
-                state[f"{name}.downsample.0.weight"] = torch.randn(width, cin, 1, 1, generator=gen)
-                bn(f"{name}.downsample.1", width)
-        prev = width
-    state["fc.weight"] = torch.randn(1000, 512, generator=gen)
-    state["fc.bias"] = torch.randn(1000, generator=gen)
-    return {prefix + k: v for k, v in state.items()}
-
-
 def _tv_key(ours: str) -> str:
     """Our backbone key → torchvision's: the stem's norm is torchvision's bn1, the blocks keep their names."""
     return ours.replace("stem.1.", "bn1.", 1) if ours.startswith("stem.1.") else ours
@@ -292,7 +261,7 @@ def test_load_resnet18_copies_all_but_conv1_and_fc(prefix: str) -> None:
     torch.manual_seed(0)
     model = ProtoECGNet(**RESNET18)
     before = _snapshot(model)
-    source = _torchvision_resnet18_state(prefix)
+    source = torchvision_resnet18_state(prefix)
     report = load_resnet18_2d(model, source)
     after = model.state_dict()
     n_keys = len(model.branch("morphology").backbone.state_dict()) - 1  # all but the first conv
@@ -316,7 +285,7 @@ def test_load_resnet18_copies_all_but_conv1_and_fc(prefix: str) -> None:
 def test_load_resnet18_without_batch_counts_and_one_branch() -> None:
     model = ProtoECGNet(**RESNET18)
     before = _snapshot(model)
-    source = _torchvision_resnet18_state(batches=False)
+    source = torchvision_resnet18_state(batches=False)
     report = load_resnet18_2d(model, source, branches=("morphology",))
     after = model.state_dict()
     assert all(k.startswith("branches.morphology.") for k in report["loaded"])
@@ -330,18 +299,18 @@ def test_load_resnet18_wrong_width_names_the_key() -> None:
     model = ProtoECGNet(**dict(RESNET18, widths=(32, 64, 128, 256)))
     before = _snapshot(model)
     with pytest.raises(ValueError, match=r"'bn1\.weight'.*\(64,\).*'stem\.1\.weight'.*\(32,\)"):
-        load_resnet18_2d(model, _torchvision_resnet18_state())
+        load_resnet18_2d(model, torchvision_resnet18_state())
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "nothing copied on error"
 
 
 def test_load_resnet18_wrong_layout_raises() -> None:
     with pytest.raises(ValueError, match=r"unexpected 'layer1\.1\."):
-        load_resnet18_2d(ProtoECGNet(**dict(RESNET18, layers=(1, 1, 1, 1))), _torchvision_resnet18_state())
-    source = _torchvision_resnet18_state()
+        load_resnet18_2d(ProtoECGNet(**dict(RESNET18, layers=(1, 1, 1, 1))), torchvision_resnet18_state())
+    source = torchvision_resnet18_state()
     del source["layer3.1.bn2.running_var"]
     with pytest.raises(ValueError, match=r"missing 'layer3\.1\.bn2\.running_var'"):
         load_resnet18_2d(ProtoECGNet(**RESNET18), source)
     with pytest.raises(ValueError, match="not a torchvision ResNet-18"):
         load_resnet18_2d(ProtoECGNet(**RESNET18), {"encoder.weight": torch.randn(4, 4), "head.bias": torch.randn(4)})
     with pytest.raises(ValueError, match="not a 2D branch"):
-        load_resnet18_2d(ProtoECGNet(**RESNET18), _torchvision_resnet18_state(), branches=("rhythm",))
+        load_resnet18_2d(ProtoECGNet(**RESNET18), torchvision_resnet18_state(), branches=("rhythm",))

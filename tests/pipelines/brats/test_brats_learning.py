@@ -53,6 +53,25 @@ def test_run_folder_contents(brats_tiny_run: Path) -> None:
     card = (brats_tiny_run / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "Not a medical device; not for diagnosis" in card
     assert "[INF] Multi-level activation" in card and "synthetic" in card
+    # every departure from the paper is stated
+    assert "no final retrain on all training cases" in card and "--all-cases" in card
+    assert "gradients clipped to norm 12.0" in card and "mixed precision" in card and "float32 on CPU" in card
+
+
+@pytest.mark.slow
+def test_all_cases_is_the_papers_final_retrain(brats_train_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "all"
+    args = ["train", "brats", "--data", str(brats_train_data), "-o", str(run), "--preset", "tiny", "--epochs", "2"]
+    result = CliRunner().invoke(app, [*args, "--all-cases", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    best, last = load_checkpoint(run / "best.pt"), load_checkpoint(run / "last.pt")
+    assert best.extra["train_cases"] == 8 and best.extra["train_options"] == {"all_cases": True}
+    assert best.metrics["epoch"] == 2  # no held-out case to choose by: the last epoch is kept
+    assert all(torch.equal(best.state_dict[k], last.state_dict[k]) for k in best.state_dict)
+    history = json.loads((run / "metrics.json").read_text(encoding="utf-8"))["history"]
+    assert len(history) == 2 and not any(k.startswith("dice") for h in history for k in h)
+    card = (run / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "Final retrain on all 8 labelled cases" in card and "0 validation cases" in card
 
 
 def test_tiny_model_learns_and_cli_round_trip(brats_tiny_run: Path, brats_heldout_data: Path, tmp_path: Path) -> None:
