@@ -151,7 +151,8 @@ class ModelRuntime:
 
     def _load_sync(self) -> None:
         """Load the checkpoint and build the predictor once (its weights are loaded once)."""
-        assert self.checkpoint_path is not None and self.device is not None
+        assert self.checkpoint_path is not None
+        assert self.device is not None
         self.checkpoint = load_checkpoint(self.checkpoint_path, task=self.name)
         options = PredictOptions(
             device=self.device,
@@ -210,7 +211,8 @@ class ModelRuntime:
         Raises:
             QueueFullError: the queue is full and ``wait_for_slot`` is false.
         """
-        assert self.batcher is not None and self.predictor is not None
+        assert self.batcher is not None
+        assert self.predictor is not None
         predictor = self.predictor
         label = describe_item(item, upload_dir)
         t0 = time.perf_counter()

@@ -123,7 +123,7 @@ def describe_options(model: type[BaseModel]) -> list[dict[str, Any]]:
     rows = []
     for name, field in model.model_fields.items():
         prop = schema.get("properties", {}).get(name, {})
-        parts = []
+        parts: list[str] = []
         for part in prop.get("anyOf", [prop]):
             if "enum" in part:
                 parts.extend(str(v) for v in part["enum"])

@@ -37,16 +37,16 @@ from torch import nn
 from models.registry import ModelSpec, register_model
 
 __all__ = [
-    "PTBXL_LABELS",
-    "BRANCH_NAMES",
     "BRANCH_LABELS",
+    "BRANCH_NAMES",
+    "FC_HEADS",
     "LEADS",
-    "ProtoOutput",
+    "PTBXL_LABELS",
     "ProtoBranch",
     "ProtoECGNet",
-    "FC_HEADS",
-    "load_resnet18_2d",
+    "ProtoOutput",
     "ecg_protoecgnet",
+    "load_resnet18_2d",
 ]
 
 #: the 12 leads in model order
@@ -248,12 +248,13 @@ class ProtoBranch(nn.Module):
                 nn.Conv2d(feat, proto_dim, 1), nn.ReLU(), nn.Conv2d(proto_dim, proto_dim, 1), nn.Sigmoid()
             )
             for m in self.add_on:
-                if isinstance(m, nn.Conv2d):
+                if isinstance(m, nn.Conv2d) and m.bias is not None:
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                     nn.init.zeros_(m.bias)
             self.prototypes = nn.Parameter(torch.randn(self.num_prototypes, proto_dim, 1, self.proto_time_len))
         self.fc = nn.Linear(feat * feature_columns if fc_head == "flatten" else feat, num_classes)
         self.classifier = nn.Linear(self.num_prototypes, num_classes, bias=False)
+        self.prototype_class_identity: torch.Tensor
         self.register_buffer("prototype_class_identity", self._identity(), persistent=False)
         self.reset_classifier()
 
@@ -422,7 +423,7 @@ class ProtoECGNet(nn.Module):
         )
         for name, idx in zip(BRANCH_NAMES, branch_indices, strict=True):
             self.register_buffer(f"{name}_index", torch.tensor([int(i) for i in idx], dtype=torch.long), False)
-        self.num_prototypes = sum(b.num_prototypes for b in self.branches.values())
+        self.num_prototypes = sum(self.branch(name).num_prototypes for name in BRANCH_NAMES)
         self.fusion = nn.Linear(self.num_prototypes, num_labels, bias=True)
 
     @staticmethod
@@ -458,7 +459,8 @@ class ProtoECGNet(nn.Module):
         """
         super().train(mode)
         if mode:
-            for branch in self.branches.values():
+            for name in BRANCH_NAMES:
+                branch = self.branch(name)
                 for part in (branch.backbone, branch.add_on):
                     if not any(p.requires_grad for p in part.parameters()):
                         part.eval()

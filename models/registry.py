@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["ModelSpec", "register_model", "create_model", "list_models", "get_model_spec"]
+__all__ = ["ModelSpec", "create_model", "get_model_spec", "list_models", "register_model"]
 
 # The package whose modules define registered models. They are discovered (every module but this one and private
 # ``_`` ones) and imported on the first registry lookup, not at ``import models``: nothing heavy happens there.

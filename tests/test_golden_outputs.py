@@ -251,7 +251,8 @@ def assert_same(expected: Any, actual: Any, where: str = "") -> None:
             assert_same(expected[k], actual[k], f"{where}/{k}")
         return
     if isinstance(expected, list):
-        assert isinstance(actual, list) and len(actual) == len(expected), f"{where}: lengths differ"
+        assert isinstance(actual, list), f"{where}: expected a list"
+        assert len(actual) == len(expected), f"{where}: lengths differ"
         for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
             assert_same(e, a, f"{where}[{i}]")
         return

@@ -123,8 +123,19 @@ def corrupt(item: InputItem) -> Path:
 def predict_cli(setup: Setup, inputs: list[str], out: Path, *extra: str) -> tuple[int, dict]:
     result = CliRunner().invoke(
         app,
-        ["predict", setup.task.name, *inputs, "-o", str(out), "--checkpoint", str(setup.checkpoint)]
-        + ["--device", "cpu", "--continue-on-error", *extra],
+        [
+            "predict",
+            setup.task.name,
+            *inputs,
+            "-o",
+            str(out),
+            "--checkpoint",
+            str(setup.checkpoint),
+            "--device",
+            "cpu",
+            "--continue-on-error",
+            *extra,
+        ],
     )
     report = json.loads((out / "report.json").read_text(encoding="utf-8")) if (out / "report.json").is_file() else {}
     return result.exit_code, report
@@ -134,11 +145,14 @@ def predict_cli(setup: Setup, inputs: list[str], out: Path, *extra: str) -> tupl
 def test_declarations(setup: Setup) -> None:
     task = setup.task
     contract = task.contract
-    assert contract.kind in ("volume", "signal", "image") and contract.channels and contract.heads
+    assert contract.kind in ("volume", "signal", "image")
+    assert contract.channels
+    assert contract.heads
     ckpt = load_checkpoint(setup.checkpoint, task=task.name)
     assert ckpt.heads == {h.name: list(h.labels) for h in contract.heads}
     assert ckpt.labels == [label for h in contract.heads for label in h.labels]
-    assert ckpt.extra.get("untrained") is True and ckpt.synthetic_demo
+    assert ckpt.extra.get("untrained") is True
+    assert ckpt.synthetic_demo
     defaults = task.parse_options({})
     assert isinstance(defaults, task.options_model)
     for model in (task.options_model, task.train_options_model):
@@ -151,17 +165,20 @@ def test_declarations(setup: Setup) -> None:
 
 def test_collect_and_predict_through_the_cli(setup: Setup, tmp_path: Path) -> None:
     collected = setup.task.collect_inputs(setup.inputs)
-    assert len(collected.items) == len(setup.inputs) and not collected.errors
+    assert len(collected.items) == len(setup.inputs)
+    assert not collected.errors
     code, report = predict_cli(setup, setup.inputs, tmp_path, "--explain")
     assert code == 0, report
-    assert report["task"] == setup.task.name and report["counts"] == {"ok": 2, "error": 0, "skipped": 0}
+    assert report["task"] == setup.task.name
+    assert report["counts"] == {"ok": 2, "error": 0, "skipped": 0}
     for res in report["results"]:
         assert set(res) >= {"input", "status", "outputs", "files", "error", "seconds", "timings"}
         assert res["outputs"], "an input's result holds data"
         roles = [f["role"] for f in res["files"]]
         assert "result" in roles, roles
         for f in res["files"]:
-            assert (tmp_path / f["path"]).is_file() and (tmp_path / f["path"]).stat().st_size > 0, f
+            assert (tmp_path / f["path"]).is_file(), f
+            assert (tmp_path / f["path"]).stat().st_size > 0, f
         (result_file,) = [f["path"] for f in res["files"] if f["role"] == "result"]
         assert json.loads((tmp_path / result_file).read_text(encoding="utf-8")) == json.loads(
             json.dumps(res["outputs"])
@@ -179,14 +196,17 @@ def test_predict_through_the_service(setup: Setup, client: TestClient) -> None:
     assert r.status_code == 200, r.text
     (res,) = r.json()["results"]
     assert res["status"] == "ok", res
-    assert res["outputs"] and {"result"} <= {f["role"] for f in res["files"]}
+    assert res["outputs"]
+    assert {"result"} <= {f["role"] for f in res["files"]}
     for link in res["files"]:
         got = client.get(link["url"])
-        assert got.status_code == 200 and len(got.content) == link["size"] > 0, link
+        assert got.status_code == 200, link
+        assert len(got.content) == link["size"] > 0, link
     bad_option = client.post(
         f"/api/v1/models/{name}/predict", files=upload(setup.inputs[0]), data={"options": '{"no_such": 1}'}
     )
-    assert bad_option.status_code == 422 and "no_such" in bad_option.json()["error"]["message"]
+    assert bad_option.status_code == 422
+    assert "no_such" in bad_option.json()["error"]["message"]
 
 
 def test_a_corrupted_input_gives_a_clear_error(setup: Setup, client: TestClient, tmp_path: Path) -> None:
@@ -197,7 +217,8 @@ def test_a_corrupted_input_gives_a_clear_error(setup: Setup, client: TestClient,
     code, report = predict_cli(setup, [bad, setup.inputs[1]], tmp_path / "out")
     assert code == 1
     failed, good = report["results"]
-    assert failed["status"] == "error" and good["status"] == "ok"  # nothing else is lost
+    assert failed["status"] == "error"
+    assert good["status"] == "ok"
     assert stem in failed["error"] or victim.parent.name in failed["error"], failed["error"]
     r = client.post(f"/api/v1/models/{setup.task.name}/predict", files=upload(bad))
     assert r.status_code == 400, r.text

@@ -24,7 +24,7 @@ def job_view(rec: JobRecord, service: Service) -> Job:
     return Job(
         id=rec.id,
         task=rec.task,
-        state=rec.state,  # type: ignore[arg-type]
+        state=rec.state,
         progress=max(0.0, min(1.0, rec.progress)),
         error=rec.error,
         attempts=rec.attempts,

@@ -73,7 +73,7 @@ class BratsPredictor(SegmentationPredictor[BratsOptions]):
         return self.labels_from_levels(self.levels(maps, prepared), prepared)
 
     def regions(self, labels: np.ndarray, prepared: Prepared) -> dict[str, np.ndarray]:
-        _, ed, ncr, et = LEVEL_TO_LABEL[prepared.context["convention"]]
+        _, ed, _ncr, et = LEVEL_TO_LABEL[prepared.context["convention"]]
         wt = labels > 0
         return {REGIONS[0]: wt, REGIONS[1]: wt & (labels != ed), REGIONS[2]: labels == et}
 

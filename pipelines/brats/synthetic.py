@@ -97,7 +97,7 @@ def make_case(rng: np.random.Generator, shape: tuple[int, int, int], affine: np.
     bias = 1.0 + 0.1 * _smooth_noise(rng, shape, coarse=3)
     out: dict[str, np.ndarray] = {}
     for modality, means in CONTRAST.items():
-        img = np.asarray(means, dtype=np.float32)[tissue]
+        img: np.ndarray = np.asarray(means, dtype=np.float32)[tissue]
         img = img + brain * 0.06 * texture  # grey/white matter texture
         img = img * bias + brain * rng.normal(0.0, 0.04, shape)
         img = np.where(brain, np.clip(img, 0.02, None), 0.0) * rng.uniform(300.0, 900.0)

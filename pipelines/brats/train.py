@@ -141,10 +141,12 @@ class BratsRun(TrainingRun[BratsConfig]):
         if self.val_ds is None:
             return {}
         scores = []
-        for item in self.val_ds:
+        for i in range(len(self.val_ds)):
+            item = self.val_ds[i]
             image = torch.as_tensor(item[keys.IMAGE])[None].to(self.device)
             with self.autocast():
                 logits = self.inferer(image, self.model)
+            assert isinstance(logits, torch.Tensor)  # the network returns one tensor outside training
             levels = mask_outside_brain(self.head.decode(self.head.maps(logits.float())), image)
             pred = levels_to_regions(levels).cpu()
             ref = torch.as_tensor(item[keys.LABEL])[None].float()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from monai.transforms import (
     Compose,
     ConvertToMultiChannelBasedOnBratsClasses,
@@ -152,7 +153,7 @@ class BratsRegionsd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            tc_wt_et = self.convert(d[key][0])  # MONAI orders TC, WT, ET
+            tc_wt_et = torch.as_tensor(self.convert(d[key][0]))  # MONAI orders TC, WT, ET
             d[key] = tc_wt_et[[1, 0, 2]].float()
         return d
 

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-__all__ = ["ConfigError", "TaskConfig", "TaskOptions", "validation_message", "merge_overrides"]
+__all__ = ["ConfigError", "TaskConfig", "TaskOptions", "merge_overrides", "validation_message"]
 
 
 class ConfigError(ValueError):

@@ -247,7 +247,7 @@ def write_like(array: np.ndarray, ref: Volume, path: Path, dtype: type = np.uint
 
     if tuple(array.shape[:3]) != ref.shape or array.ndim not in (3, 4):
         raise ValueError(f"result shape {tuple(array.shape)} does not match input shape {ref.shape}")
-    data = np.asarray(array).astype(dtype)
+    data: np.ndarray = np.asarray(array).astype(dtype)
     if ref.header is not None:
         header = ref.header.copy()
         header.set_data_shape(data.shape)

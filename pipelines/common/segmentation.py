@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 from pydantic import Field
@@ -84,7 +84,7 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
     """A loaded 3D segmenter: one case per ``run``; the sliding window batches inside it."""
 
     max_batch = 1
-    options_model = VolumeOptions
+    options_model: ClassVar[type[TaskOptions]] = VolumeOptions
 
     def __init__(self, checkpoint: Any, options: Any) -> None:
         super().__init__(checkpoint, options)
@@ -163,6 +163,7 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
     # -- pieces --------------------------------------------------------------------------------------------
     def forward_maps(self, x: torch.Tensor, options: VolumeOptions) -> torch.Tensor:
         """Sliding-window logits of a (B, C, X, Y, Z) batch turned into maps, under AMP on CUDA."""
+        import torch
         from monai.inferers import SlidingWindowInferer
 
         inferer = SlidingWindowInferer(
@@ -170,6 +171,8 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
         )
         with autocast(self.device, self.options.amp):
             logits = inferer(x, self.model)
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"the network must return one logits tensor, got {type(logits).__name__}")
         return self.activate(logits.float())
 
     def infer_maps(self, image: torch.Tensor, options: VolumeOptions | None = None) -> torch.Tensor:
@@ -300,7 +303,7 @@ def evaluate_segmentation(
 
     out_dir = Path(out_dir)
     pred_dir = out_dir / "predictions"
-    rows = []
+    rows: list[dict[str, Any]] = []
     for case in cases:
         prepared = predictor.prepare(case.item)
         maps = predictor.run([prepared])[0]

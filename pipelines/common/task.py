@@ -266,7 +266,7 @@ class Predictor(abc.ABC, Generic[OptionsT]):
     def finish(self, prepared: Prepared, raw: Any, out_dir: Path) -> ItemOutput:
         """Post-process one output into the input's space, write files under ``out_dir``, return the result."""
 
-    def warmup(self) -> None:  # noqa: B027 - optional hook, empty by default
+    def warmup(self) -> None:
         """Run one synthetic input through the model (the service's readiness check)."""
 
 

@@ -18,7 +18,7 @@ from models.protoecgnet import PTBXL_LABELS
 from pipelines.ecg.readers import read_wfdb
 from pipelines.ecg.transforms import preprocess_signal
 
-__all__ = ["EcgArrays", "read_database", "labels_from_codes", "load_split"]
+__all__ = ["EcgArrays", "labels_from_codes", "load_split", "read_database"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def labels_from_codes(codes: str | dict, labels: Sequence[str] = PTBXL_LABELS) -
     return y
 
 
-def read_database(root: str | Path):  # noqa: ANN201 - pandas.DataFrame, imported lazily
+def read_database(root: str | Path):
     """``ptbxl_database.csv`` of a PTB-XL tree.
 
     Raises:

@@ -11,7 +11,7 @@ from models.protoecgnet import LEADS, PTBXL_LABELS, ProtoECGNet
 from pipelines.common.plots import pyplot
 from pipelines.ecg.stages import window_to_samples
 
-__all__ = ["top_prototypes", "plot_explanation"]
+__all__ = ["plot_explanation", "top_prototypes"]
 
 
 def top_prototypes(

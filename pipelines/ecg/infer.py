@@ -83,8 +83,8 @@ class EcgPredictor(ClassificationPredictor[EcgOptions]):
             extras["windows"] = self.best_windows(x)
         return {HEAD: out.logits}, extras
 
-    def probabilities(self, x: torch.Tensor) -> np.ndarray:
-        """Fusion probabilities (B, L) of a preprocessed batch."""
+    def probabilities(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Fusion probabilities (B, L) of a preprocessed batch (B, 12, N)."""
         return self.predict_arrays(x)[0][HEAD]
 
     @torch.no_grad()

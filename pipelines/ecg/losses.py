@@ -14,16 +14,16 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "pos_weight",
-    "jaccard_cooccurrence",
+    "PrototypeLossWeights",
     "cluster_loss",
+    "contrastive_loss",
+    "diversity_loss",
+    "jaccard_cooccurrence",
+    "offclass_l1",
+    "pos_weight",
+    "prototype_loss",
     "separation_loss",
     "sparsity_loss",
-    "diversity_loss",
-    "contrastive_loss",
-    "offclass_l1",
-    "PrototypeLossWeights",
-    "prototype_loss",
 ]
 
 

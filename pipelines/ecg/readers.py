@@ -17,16 +17,16 @@ from models.protoecgnet import LEADS
 from pipelines.common.errors import InputError
 
 __all__ = [
-    "EcgRecord",
-    "WFDB_SUFFIXES",
-    "DICOM_SUFFIXES",
     "ARRAY_SUFFIXES",
-    "read_wfdb",
-    "read_dicom",
+    "DICOM_SUFFIXES",
+    "WFDB_SUFFIXES",
+    "EcgRecord",
     "read_array",
+    "read_dicom",
     "read_record",
-    "write_dicom_ecg",
+    "read_wfdb",
     "unit_scale_to_mv",
+    "write_dicom_ecg",
 ]
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def read_wfdb(path: str | Path) -> EcgRecord:
     return EcgRecord(sig * scales, float(rec.fs), list(rec.sig_name), path)
 
 
-def _waveform_group(ds, path: Path) -> int:  # noqa: ANN001 - pydicom Dataset
+def _waveform_group(ds, path: Path) -> int:
     seq = getattr(ds, "WaveformSequence", None)
     if not seq:
         raise InputError(path, "DICOM file has no WaveformSequence (not an ECG waveform)")
@@ -218,13 +218,13 @@ def write_dicom_ecg(
     from pydicom.dataset import Dataset as DicomDataset
     from pydicom.dataset import FileMetaDataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     path = Path(path)
     sig = np.asarray(signal_mv, dtype=np.float64)
     raw = np.clip(np.round(sig * 1000.0 / sensitivity_uv), -32768, 32767).astype("<i2")
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = TWELVE_LEAD_ECG_SOP
+    meta.MediaStorageSOPClassUID = UID(TWELVE_LEAD_ECG_SOP)
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = DicomDataset()

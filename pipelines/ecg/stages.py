@@ -13,7 +13,7 @@ from torch import nn
 
 from models.protoecgnet import BRANCH_NAMES, PTBXL_LABELS, ProtoECGNet
 
-__all__ = ["Stage", "STAGE_ORDER", "set_trainable", "trainable_names", "project_prototypes", "window_to_samples"]
+__all__ = ["STAGE_ORDER", "Stage", "project_prototypes", "set_trainable", "trainable_names", "window_to_samples"]
 
 
 class Stage(StrEnum):

@@ -19,6 +19,7 @@ Labels (all others are never produced):
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from models.protoecgnet import LEADS, PTBXL_LABELS
 
-__all__ = ["GENERATED_LABELS", "LEAD_GROUPS", "compose_record", "make_labels", "write_synthetic_ptbxl", "beat_bank"]
+__all__ = ["GENERATED_LABELS", "LEAD_GROUPS", "beat_bank", "compose_record", "make_labels", "write_synthetic_ptbxl"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ BANK_SEED = 0
 
 # statement → (description, diagnostic, form, rhythm) for scp_statements.csv
 _RHYTHM = ("SR", "AFIB", "STACH", "SARRH", "SBRAD", "PACE", "SVARR", "BIGU", "AFLT", "SVTAC", "PSVT", "TRIGU")
-_FORM_ONLY = ("ABQRS", "PVC", "STD_", "VCLVH", "QWAVE", "LOWT", "NT_", "PAC", "LPR", "INVT", "LVOLT", "HVOLT", "TAB_")
-_FORM_ONLY += ("STE_", "PRC(S)")
+_FORM_ONLY: tuple[str, ...] = ("ABQRS", "PVC", "STD_", "VCLVH", "QWAVE", "LOWT", "NT_", "PAC", "LPR", "INVT")
+_FORM_ONLY += ("LVOLT", "HVOLT", "TAB_", "STE_", "PRC(S)")
 _DIAG_FORM = ("NDT", "NST_", "DIG", "LNGQT")
 _DESCRIPTIONS = {
     "NORM": "normal ECG",
@@ -77,7 +78,7 @@ def beat_bank(seed: int = 0) -> dict[int, list[np.ndarray]]:
         sig = np.asarray(sim[list(LEADS)], dtype=np.float64).T
         lead2 = sig[1]
         peaks, _ = find_peaks(lead2, height=0.45 * lead2.max(), distance=int(0.3 * FS))
-        cycles = [sig[:, a:b] for a, b in zip(peaks[:-1], peaks[1:], strict=False)]
+        cycles = [sig[:, a:b] for a, b in itertools.pairwise(peaks)]
         median = np.median([c.shape[1] for c in cycles])
         # a missed or spurious peak gives a cycle far from the median length: drop it
         bank[rate] = [
@@ -127,7 +128,7 @@ def _bump(n: int, start: int, stop: int) -> np.ndarray:
 def compose_record(spec: dict[str, object], rng: np.random.Generator, bank_seed: int = 0) -> np.ndarray:
     """A (12, 1000) record at 100 Hz in mV carrying the rhythm and changes of ``spec`` (see :func:`make_labels`)."""
     bank = beat_bank(bank_seed)
-    rhythm = spec["rhythm"]
+    rhythm = str(spec["rhythm"])
     changes: dict = spec["changes"]  # type: ignore[assignment]
     hr = {"SR": (60, 100), "SBRAD": (40, 58), "STACH": (102, 150), "AFIB": (70, 130)}[rhythm]
     mean_rr = 60.0 / rng.uniform(*hr)
@@ -136,7 +137,7 @@ def compose_record(spec: dict[str, object], rng: np.random.Generator, bank_seed:
     offset = int(rng.integers(0, int(mean_rr * FS)))
     while total < N + offset + FS:
         rr = mean_rr * (rng.uniform(0.6, 1.4) if rhythm == "AFIB" else 1 + rng.normal(0, 0.02))
-        length = max(int(round(rr * FS)), 25)
+        length = max(round(rr * FS), 25)
         rate = int(rates[np.argmin(np.abs(rates - 60.0 / rr))])
         cyc = bank[rate][int(rng.integers(len(bank[rate])))]
         piece = _stretch(cyc, length)
@@ -169,12 +170,16 @@ def compose_record(spec: dict[str, object], rng: np.random.Generator, bank_seed:
         if key in changes:
             amp = sign * rng.uniform(0.2, 0.4)
             rr_len = int(mean_rr * FS)
-            w = sum(_bump(sig.shape[1], r + 5, r + 5 + int(0.3 * rr_len)) for r in r_arr)
+            w = np.zeros(sig.shape[1])
+            for r in r_arr:
+                w += _bump(sig.shape[1], r + 5, r + 5 + int(0.3 * rr_len))
             for lead in LEAD_GROUPS[changes[key]]:
                 sig[lead_idx[lead]] += amp * w
     if "INVT" in changes:
         rr_len = int(mean_rr * FS)
-        w = sum(_bump(sig.shape[1], r + int(0.2 * rr_len), r + int(0.5 * rr_len)) for r in r_arr)
+        w = np.zeros(sig.shape[1])
+        for r in r_arr:
+            w += _bump(sig.shape[1], r + int(0.2 * rr_len), r + int(0.5 * rr_len))
         for lead in LEAD_GROUPS[changes["INVT"]]:
             i = lead_idx[lead]
             sig[i] = sig[i] - 2 * w * sig[i]

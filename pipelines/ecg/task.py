@@ -70,7 +70,7 @@ class EcgTask(Task):
                 "DICOM 12-lead ECG waveform (.dcm)",
                 "CSV (needs the sampling_rate option)",
                 "NPY (needs the sampling_rate option)",
-            ),  # fmt: skip
+            ),
             heads=(OutputHead("statements", PTBXL_LABELS, "sigmoid"),),
             notes=f"Leads mapped by name (any order; CSV without header and NPY in the order above); units converted "
             f"to mV (CSV/NPY must be mV); resampled to the model's {SAMPLING_RATE:g} Hz; longer records: central "

@@ -16,27 +16,23 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from monai.transforms import MapTransform
 
 from models.protoecgnet import LEADS
 from pipelines.common.errors import InputError
-from pipelines.common.keys import SIGNAL
 
 __all__ = [
+    "FLAT_PEAK_TO_PEAK_MV",
     "MIN_SECONDS",
     "TARGET_SECONDS",
-    "FLAT_PEAK_TO_PEAK_MV",
     "canonical_lead",
-    "map_leads",
     "check_signal",
-    "resample",
     "fit_length",
     "highpass",
+    "map_leads",
     "preprocess_signal",
-    "PreprocessEcgd",
+    "resample",
 ]
 
 TARGET_SECONDS = 10.0
@@ -105,9 +101,9 @@ def fit_length(signal: np.ndarray, fs: float, path: str | Path, pad: bool = True
     Raises:
         InputError: shorter than 8 s.
     """
-    n_target = int(round(TARGET_SECONDS * fs))
+    n_target = round(TARGET_SECONDS * fs)
     n = signal.shape[-1]
-    if n < int(round(MIN_SECONDS * fs)):
+    if n < round(MIN_SECONDS * fs):
         raise InputError(path, f"record too short: {n / fs:.2f} s; at least {MIN_SECONDS:g} s are needed")
     if n > n_target:
         start = (n - n_target) // 2
@@ -163,39 +159,10 @@ def preprocess_signal(
     else:
         sig = map_leads(sig, list(lead_names), path)
     check_signal(sig, path)
-    if sig.shape[-1] < int(round(MIN_SECONDS * fs)):
+    if sig.shape[-1] < round(MIN_SECONDS * fs):
         fit_length(sig, fs, path)  # raises with the record's duration
     sig = resample(sig, fs, target_fs)
     sig = fit_length(sig, target_fs, path, pad=False)
     sig = highpass(sig, target_fs, highpass_hz)
     sig = fit_length(sig, target_fs, path, pad=True)
     return np.ascontiguousarray(sig, dtype=np.float32)
-
-
-class PreprocessEcgd(MapTransform):
-    """Dictionary transform: ``data[SIGNAL]`` (n_leads, n) at ``data["fs"]`` with ``data["leads"]`` → model input.
-
-    Args:
-        keys: keys to transform (default ``signal``).
-        target_fs: model rate.
-        highpass_hz: baseline-wander cut-off.
-    """
-
-    def __init__(self, keys: tuple[str, ...] = (SIGNAL,), target_fs: float = 100.0, highpass_hz: float = 0.5) -> None:
-        super().__init__(keys)
-        self.target_fs = target_fs
-        self.highpass_hz = highpass_hz
-
-    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = preprocess_signal(
-                d[key],
-                float(d["fs"]),
-                d.get("leads"),
-                d.get("path", "<signal>"),
-                target_fs=self.target_fs,
-                highpass_hz=self.highpass_hz,
-            )
-        d["fs"] = self.target_fs
-        return d

@@ -13,8 +13,8 @@ from app.settings import Settings
 
 # the suite runs with --import-mode=importlib: make the helper module beside this file importable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import serve_testkit  # noqa: E402
-from serve_testkit import started_client  # noqa: E402
+import serve_testkit
+from serve_testkit import started_client
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -44,7 +44,7 @@ def keyed(checkpoints_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 @pytest.mark.parametrize(
-    "headers, expected",
+    ("headers", "expected"),
     [
         ({}, 401),
         ({"Authorization": "Bearer wrong"}, 401),
@@ -54,7 +54,7 @@ def keyed(checkpoints_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         ({"Authorization": "Bearer file-key"}, None),
     ],
 )
-@pytest.mark.parametrize("method, path, kwargs", SECURED)
+@pytest.mark.parametrize(("method", "path", "kwargs"), SECURED)
 def test_auth_matrix(
     keyed: TestClient, headers: dict[str, str], expected: int | None, method: str, path: str, kwargs: dict
 ) -> None:
@@ -79,7 +79,7 @@ def test_no_keys_means_open(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
-    "host, keys, insecure, refused",
+    ("host", "keys", "insecure", "refused"),
     [
         ("127.0.0.1", "", False, False),
         ("localhost", "", False, False),

@@ -135,12 +135,15 @@ def post(client: TestClient, task: str, bad: Bad) -> Any:
 def check(r: Any, bad: Bad) -> None:
     assert r.status_code == bad.status, (bad.id, r.text)
     body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message"}
     message = body["error"]["message"]
-    assert message and len(message) < 2000
+    assert message
+    assert len(message) < 2000
     for word in bad.says:
         assert word.lower() in message.lower(), (bad.id, message)
-    assert "/tmp/" not in message and "upload-" not in message  # no server paths
+    assert "/tmp/" not in message
+    assert "upload-" not in message
 
 
 @pytest.mark.parametrize("bad", GENERIC, ids=[b.id for b in GENERIC])
@@ -155,7 +158,8 @@ def test_server_healthy_after_the_whole_corpus(client: TestClient, settings: Any
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
     r = client.post("/api/v1/models/addone/predict", files={"files": ("ok.npy", npy_bytes([1]))})
-    assert r.status_code == 200 and r.json()["results"][0]["outputs"]["values"] == [2.0]
+    assert r.status_code == 200
+    assert r.json()["results"][0]["outputs"]["values"] == [2.0]
     metrics = client.get("/metrics").text
     assert 'medinfer_request_failures_total{code="400",task="addone"}' in metrics
     # nothing escaped the private upload folder, and no upload is left behind

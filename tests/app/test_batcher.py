@@ -37,7 +37,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
-@pytest.mark.parametrize("n, cap", [(1, 4), (8, 4), (10, 3), (16, 16)])
+@pytest.mark.parametrize(("n", "cap"), [(1, 4), (8, 4), (10, 3), (16, 16)])
 def test_batches_form_up_to_the_cap_and_results_keep_order(n: int, cap: int) -> None:
     model = PlusOne(delay_s=0.01)
 
@@ -101,7 +101,9 @@ def test_one_bad_request_does_not_fail_its_batch() -> None:
         return out
 
     out = run(main())
-    assert out[0] == 2 and out[2] == 4 and out[3] == 5
+    assert out[0] == 2
+    assert out[2] == 4
+    assert out[3] == 5
     assert isinstance(out[1], TypeError)
     assert model.batches[0] == [1, "bad", 3, 4]  # batched together first, then isolated one by one
 
@@ -118,8 +120,10 @@ def test_per_item_exceptions_reach_only_their_submitter() -> None:
         return out
 
     out = run(main())
-    assert out[0] == 2 and out[2] == 3
-    assert isinstance(out[1], ValueError) and str(out[1]) == "bad -1"
+    assert out[0] == 2
+    assert out[2] == 3
+    assert isinstance(out[1], ValueError)
+    assert str(out[1]) == "bad -1"
 
 
 def test_queue_full_raises_503_and_cancelled_request_frees_its_slot() -> None:

@@ -55,7 +55,8 @@ def test_models_lists_brats(brats_client: TestClient) -> None:
     assert info["max_batch_size"] == 1  # one volume at a time; batching happens in the sliding window
     assert "not a medical device" in (info["model_card"] or "").lower()
     # trained on synthetic phantoms: the card of the data it was trained on, and the flag
-    assert info["data_card"]["name"] == "synthetic.md" and info["data_card"]["text"]
+    assert info["data_card"]["name"] == "synthetic.md"
+    assert info["data_card"]["text"]
     assert info["synthetic_demo"] is True
     assert info["heads"] == [{"name": "regions", "labels": ["WT", "TC", "ET"], "activation": "multilevel"}]
     assert {"tta", "overlap", "sw_batch_size", "overlay", "labels"} == set(info["options_schema"]["properties"])
@@ -74,7 +75,8 @@ def test_options_reach_the_volume_task(brats_client: TestClient, case_dir: Path)
     assert res["outputs"]["label_convention"] == "brats2023"
     assert {f["role"] for f in res["files"]} == {"segmentation", "overlay", "result"}
     bad = brats_client.post(PREDICT, files=nifti_files(case_dir), data={"options": '{"overlap": 2}'})
-    assert bad.status_code == 422 and "overlap" in bad.json()["error"]["message"]
+    assert bad.status_code == 422
+    assert "overlap" in bad.json()["error"]["message"]
 
 
 def test_four_files_give_a_mask_in_the_input_grid(brats_client: TestClient, case_dir: Path) -> None:

@@ -49,7 +49,8 @@ def test_explain_gives_prototypes(ecg_client: TestClient, record: Path) -> None:
     outputs = r.json()["results"][0]["outputs"]
     assert set(outputs["explanation"]) >= {"rhythm", "morphology", "diffuse"}
     pngs = [f["url"] for f in r.json()["results"][0]["files"] if f["role"] == "explanation"]
-    assert len(pngs) == 3 and all(p.endswith(".png") for p in pngs)
+    assert len(pngs) == 3
+    assert all(p.endswith(".png") for p in pngs)
     assert ecg_client.get(pngs[0]).headers["content-type"] == "image/png"
 
 

@@ -42,7 +42,8 @@ def test_job_lifecycle(client: TestClient) -> None:
     assert job["links"]["self"] == f"{JOBS}/{job['id']}"
     done = wait_job(client, job["id"])
     assert done["state"] == "succeeded", done
-    assert done["progress"] == 1.0 and done["attempts"] == 1
+    assert done["progress"] == 1.0
+    assert done["attempts"] == 1
     assert done["expires_at"] > done["finished_at"]
     result = client.get(done["links"]["result"]).json()
     values = {r["input"]: r["outputs"]["values"] for r in result["results"]}
@@ -63,7 +64,8 @@ def test_job_with_only_bad_inputs_fails_with_the_reason(client: TestClient) -> N
     job = submit(client, [("files", ("bad.npy", b"not numpy at all"))])
     done = wait_job(client, job["id"])
     assert done["state"] == "failed"
-    assert "bad.npy" in done["error"] and "readable array" in done["error"]
+    assert "bad.npy" in done["error"]
+    assert "readable array" in done["error"]
     result = client.get(f"{JOBS}/{job['id']}/result").json()
     assert result["results"][0]["status"] == "error"
 
@@ -153,7 +155,8 @@ def test_old_results_expire(start_client: Callable[..., TestClient], settings: S
         expired = wait_job(client, job["id"], states=("expired",), timeout=10)
         assert expired["state"] == "expired"
         r = client.get(f"{JOBS}/{job['id']}/result")
-        assert r.status_code == 404 and "expired" in r.json()["error"]["message"]
+        assert r.status_code == 404
+        assert "expired" in r.json()["error"]["message"]
         assert client.get(f"{JOBS}/{job['id']}/files/a_out.npy").status_code == 404
         assert not (Path(settings.data_dir) / "jobs" / job["id"]).exists()
     finally:

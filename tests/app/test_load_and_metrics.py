@@ -29,7 +29,8 @@ def test_full_queue_answers_503_with_retry_after(
     with ThreadPoolExecutor(6) as pool:
         responses = list(pool.map(one, range(6)))
     codes = sorted(r.status_code for r in responses)
-    assert 200 in codes and 503 in codes, codes
+    assert 200 in codes, codes
+    assert 503 in codes, codes
     full = next(r for r in responses if r.status_code == 503)
     assert full.headers["Retry-After"] == "3"
     assert full.json()["error"]["code"] == "overloaded"
@@ -112,7 +113,8 @@ def test_a_request_larger_than_the_queue_is_refused_whole(
     client = start_client(settings.model_copy(update={"max_queue": 1, "max_batch_size": 1}))
     files = [("files", (f"v{i}.npy", npy_bytes([i]))) for i in range(5)]
     r = client.post(PREDICT, files=files)
-    assert r.status_code == 503 and "Retry-After" in r.headers
+    assert r.status_code == 503
+    assert "Retry-After" in r.headers
     batcher = client.app.state.service.runtimes["addone"].batcher  # type: ignore[attr-defined]
     assert batcher.queued == 0  # its other inputs left the queue with it
     monkeypatch.setenv("MEDINFER_TEST_DELAY_S", "0")

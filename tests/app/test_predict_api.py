@@ -26,7 +26,8 @@ def test_predict_one_vector(client: TestClient) -> None:
     assert [f["role"] for f in res["files"]] == ["mask"]  # no explanation without asking
     link = res["files"][0]["url"]
     assert link == f"/api/v1/jobs/{body['id']}/files/case1_out.npy"
-    assert res["files"][0]["name"] == "case1_out.npy" and res["files"][0]["size"] > 0
+    assert res["files"][0]["name"] == "case1_out.npy"
+    assert res["files"][0]["size"] > 0
     names = {f["name"] for f in body["files"]}
     assert {"case1_out.npy", "report.json", "report.csv"} <= names
     got = client.get(link)
@@ -86,7 +87,8 @@ def test_a_bad_input_among_good_ones_gets_its_own_error(client: TestClient) -> N
     assert "unlucky input" in by_input["unlucky.npy"]["error"]
     assert by_input["broken.npy"]["status"] == "error"
     assert "broken.npy" in by_input["broken.npy"]["error"]
-    assert "/tmp" not in r.text and "upload-" not in r.text
+    assert "/tmp" not in r.text
+    assert "upload-" not in r.text
 
 
 def test_concurrent_requests_are_batched(client: TestClient) -> None:

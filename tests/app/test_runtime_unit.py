@@ -46,7 +46,8 @@ def test_cuda_oom_retries_the_batch_on_cpu(settings: Settings, caplog: pytest.Lo
     out = rt._run_batch([Prepared(None, 1), Prepared(None, 2)])  # type: ignore[arg-type]
     assert out == [2, 3]
     assert fake.moves == ["cpu", "cuda"]  # back on the GPU for the next batch
-    assert "out of memory" in caplog.text and "retrying it on the CPU" in caplog.text
+    assert "out of memory" in caplog.text
+    assert "retrying it on the CPU" in caplog.text
 
 
 def test_other_errors_are_not_retried(settings: Settings) -> None:
@@ -80,13 +81,15 @@ def test_served_defaults_come_from_the_settings(settings: Settings) -> None:
     with pytest.raises(ValueError, match="unknown task"):
         discover_models(settings.model_copy(update={"task_options": {"nosuch": {}}}))
     broken = runtime(settings.model_copy(update={"task_options": {"addone": {"sampling_rate": "fast"}}}))
-    assert broken.state == "failed" and "sampling_rate" in (broken.error or "")
+    assert broken.state == "failed"
+    assert "sampling_rate" in (broken.error or "")
 
 
 def test_discover_models(settings: Settings, tmp_path: Path) -> None:
     assert [t.name for t, _ in discover_models(settings)] == ["addone"]
     everything = settings.model_copy(update={"tasks": ""})
     found = {t.name: c for t, c in discover_models(everything)}
-    assert found["addone"] is not None and all(c is not None for c in found.values())
+    assert found["addone"] is not None
+    assert all(c is not None for c in found.values())
     with pytest.raises(ValueError, match="unknown task"):
         discover_models(settings.model_copy(update={"tasks": "nosuch"}))

@@ -41,7 +41,8 @@ def test_weights_load_once_whatever_the_requests_options(settings: Settings, mon
         for rate in (50, 250):
             data = {"options": json.dumps({"sampling_rate": rate})}
             r = client.post("/api/v1/models/addone/predict", files={"files": ("s.csv", b"1,2\n")}, data=data)
-            assert r.status_code == 200 and r.json()["results"][0]["outputs"]["sampling_rate"] == rate
+            assert r.status_code == 200
+            assert r.json()["results"][0]["outputs"]["sampling_rate"] == rate
         plain = client.post("/api/v1/models/addone/predict", files={"files": ("a.npy", npy_bytes([1]))})
         assert plain.status_code == 200
         assert builds == ["addone"]

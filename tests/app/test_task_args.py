@@ -65,9 +65,12 @@ def test_invalid_values_are_named_by_the_model() -> None:
 
 def test_describe_lists_every_flag_with_help() -> None:
     rows = {r["name"]: r for r in describe_options(Opts)}
-    assert rows["tta"]["flag"] == "--tta/--no-tta" and rows["tta"]["help"] == "flip"
-    assert rows["sw_batch_size"]["flag"] == "--sw-batch-size" and rows["sw_batch_size"]["default"] == 4
-    assert rows["labels"]["type"] == "a|b|none" and rows["overlap"]["type"] == "number"
+    assert rows["tta"]["flag"] == "--tta/--no-tta"
+    assert rows["tta"]["help"] == "flip"
+    assert rows["sw_batch_size"]["flag"] == "--sw-batch-size"
+    assert rows["sw_batch_size"]["default"] == 4
+    assert rows["labels"]["type"] == "a|b|none"
+    assert rows["overlap"]["type"] == "number"
     assert set(flags_of(Opts)) == {"--tta", "--no-tta", "--overlap", "--sw-batch-size", "--labels"}
 
 
@@ -83,13 +86,17 @@ def test_cli_unknown_or_invalid_task_option_exits_2_naming_it(tmp_path: Path, br
         str(brats_random_checkpoint),
     ]
     unknown = runner.invoke(app, [*base, "--sampling-rate", "100"])
-    assert unknown.exit_code == 2 and "unknown option --sampling-rate for task brats" in unknown.output
+    assert unknown.exit_code == 2
+    assert "unknown option --sampling-rate for task brats" in unknown.output
     invalid = runner.invoke(app, [*base, "--overlap", "3"])
-    assert invalid.exit_code == 2 and "option 'overlap'" in invalid.output
+    assert invalid.exit_code == 2
+    assert "option 'overlap'" in invalid.output
     bad_pair = runner.invoke(app, [*base, "--option", "labels=brats2015"])
-    assert bad_pair.exit_code == 2 and "option 'labels'" in bad_pair.output
+    assert bad_pair.exit_code == 2
+    assert "option 'labels'" in bad_pair.output
     train = runner.invoke(app, ["train", "brats", "--data", str(tmp_path), "-o", str(tmp_path), "--stage", "joint"])
-    assert train.exit_code == 2 and "unknown option --stage for task brats" in train.output
+    assert train.exit_code == 2
+    assert "unknown option --stage for task brats" in train.output
     assert "--all-cases" in train.output  # the task's own training flags are listed
 
 
@@ -105,4 +112,6 @@ def test_models_lists_heads_and_options() -> None:
     branches = tasks["ecg"]["branches"]
     assert {k: len(v) for k, v in branches.items()} == {"rhythm": 16, "morphology": 52, "diffuse": 3}
     text = CliRunner().invoke(app, ["models"]).output
-    assert "--sw-batch-size" in text and "predict options:" in text and "head statements (sigmoid)" in text
+    assert "--sw-batch-size" in text
+    assert "predict options:" in text
+    assert "head statements (sigmoid)" in text

@@ -21,7 +21,8 @@ def test_full_network_matches_paper_layout() -> None:
     filters = [level.conv[0].out_channels for level in model.encoder]
     assert filters == [16, 32, 64, 128, 256]
     assert [level.conv[0].stride for level in model.encoder] == [(1, 1, 1)] + [(2, 2, 2)] * 4
-    assert len(model.seg) == 3 and model.out_channels == 1
+    assert len(model.seg) == 3
+    assert model.out_channels == 1
     assert model.encoder[1].context[1].p == pytest.approx(0.3)
     assert isinstance(model.encoder[0].conv[1], torch.nn.InstanceNorm3d)
 

@@ -31,7 +31,8 @@ def tiny() -> ProtoECGNet:
 
 
 def test_partition_is_the_papers() -> None:
-    assert len(PTBXL_LABELS) == 71 and len(set(PTBXL_LABELS)) == 71
+    assert len(PTBXL_LABELS) == 71
+    assert len(set(PTBXL_LABELS)) == 71
     assert {k: len(v) for k, v in BRANCH_LABELS.items()} == {"rhythm": 16, "morphology": 52, "diffuse": 3}
     assert set(BRANCH_LABELS["diffuse"]) == {"NORM", "DIG", "EL"}
     assert {"1AVB", "2AVB", "3AVB", "IVCD", "SR", "AFIB"} <= set(BRANCH_LABELS["rhythm"])
@@ -45,7 +46,9 @@ def test_full_model_prototype_counts() -> None:
     assert model.branch("rhythm").prototypes.shape == (80, 512)
     assert model.branch("morphology").window_scale == 13
     assert model.branch("diffuse").window_scale == 4
-    assert model.fusion.in_features == 1037 and model.fusion.out_features == 71 and model.fusion.bias is not None
+    assert model.fusion.in_features == 1037
+    assert model.fusion.out_features == 71
+    assert model.fusion.bias is not None
     assert model.branch("morphology").backbone.stem[0].kernel_size == (12, 7)
 
 
@@ -54,14 +57,15 @@ def test_shapes_per_branch_and_fusion(tiny: ProtoECGNet) -> None:
     with torch.no_grad():
         out = tiny(x)
         assert isinstance(out, ProtoOutput)
-        assert (
-            out.logits.shape == (3, 71) and out.branch_logits.shape == (3, 71) and out.feature_logits.shape == (3, 71)
-        )
+        assert out.logits.shape == (3, 71)
+        assert out.branch_logits.shape == (3, 71)
+        assert out.feature_logits.shape == (3, 71)
         assert out.similarities.shape == (3, tiny.num_prototypes)
         for name, c in (("rhythm", 16), ("morphology", 52), ("diffuse", 3)):
             b = tiny.branch(name)
             logits, sims = b(x)
-            assert logits.shape == (3, c) and sims.shape == (3, c * 2)
+            assert logits.shape == (3, c)
+            assert sims.shape == (3, c * 2)
             nw = {"rhythm": 1, "morphology": 30, "diffuse": 1}[name]
             assert b.window_similarities(b.latent(x)).shape == (3, c * 2, nw)
             # the branch logits sit at the branch's label positions
@@ -96,7 +100,9 @@ def test_similarity_is_scaled_cosine_mean_over_windows(tiny: ProtoECGNet) -> Non
 def test_classifier_init_plus_one_minus_half(tiny: ProtoECGNet) -> None:
     w = tiny.branch("rhythm").classifier.weight
     assert w.shape == (16, 32)
-    assert torch.all(w[0, :2] == 1.0) and torch.all(w[0, 2:] == -0.5) and torch.all(w[1, 2:4] == 1.0)
+    assert torch.all(w[0, :2] == 1.0)
+    assert torch.all(w[0, 2:] == -0.5)
+    assert torch.all(w[1, 2:4] == 1.0)
     assert tiny.branch("rhythm").classifier.bias is None
 
 
@@ -123,17 +129,17 @@ def test_same_seed_same_output() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "message"),
     [
-        {"branch_indices": [[0], [1]]},
-        {"prototypes_per_class": [1, 2]},
-        {"proto_time_len": [3, 40]},
-        {"dropout": 1.5},
-        {"branch_indices": [[0, 0], [1], [2]]},
+        ({"branch_indices": [[0], [1]]}, "branch_indices"),
+        ({"prototypes_per_class": [1, 2]}, "prototypes_per_class"),
+        ({"proto_time_len": [3, 40]}, "proto_time_len"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"branch_indices": [[0, 0], [1], [2]]}, "branch_indices"),
     ],
 )
-def test_bad_arguments_raise(kwargs: dict) -> None:
-    with pytest.raises(ValueError):
+def test_bad_arguments_raise(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         ProtoECGNet(**{**TINY, **kwargs})
 
 
@@ -148,7 +154,8 @@ def test_frozen_parts_stay_in_eval_mode() -> None:
     model = create_model("ecg_protoecgnet", **TINY)
     set_trainable(model, Stage.CLASSIFIER)
     model.train()
-    assert not model.branch("rhythm").backbone.training and not model.branch("rhythm").add_on.training
+    assert not model.branch("rhythm").backbone.training
+    assert not model.branch("rhythm").add_on.training
     set_trainable(model, Stage.JOINT)
     model.train()
     assert model.branch("morphology").backbone.training
@@ -171,13 +178,15 @@ def test_fc_head(fc_head: str) -> None:
             expected = b.fc(f.flatten(1) if fc_head == "flatten" else f.mean(dim=(-2, -1)))
             torch.testing.assert_close(b.feature_logits(x), expected)
     rhythm = model.branch("rhythm")
-    assert rhythm.fc_head == "pool" and rhythm.fc.in_features == feat  # the 1D branch always pools
+    assert rhythm.fc_head == "pool"
+    assert rhythm.fc.in_features == feat
 
 
 def test_fc_head_defaults_to_the_authors_flatten() -> None:
     model = ProtoECGNet()
     assert model.fc_head == "flatten"
-    assert model.branch("morphology").fc.in_features == 512 * 32 and model.branch("diffuse").fc.in_features == 512 * 32
+    assert model.branch("morphology").fc.in_features == 512 * 32
+    assert model.branch("diffuse").fc.in_features == 512 * 32
     assert model.branch("rhythm").fc.in_features == 512
 
 
@@ -187,7 +196,8 @@ def test_fc_head_leaves_prediction_outputs_unchanged() -> None:
     pool = ProtoECGNet(**TINY, fc_head="pool").eval()
     shared = {k: v for k, v in flat.state_dict().items() if ".fc." not in k}
     missing, unexpected = pool.load_state_dict(shared, strict=False)
-    assert not unexpected and all(".fc." in k for k in missing)
+    assert not unexpected
+    assert all(".fc." in k for k in missing)
     x = torch.randn(2, 12, 1000)
     with torch.no_grad():
         a, b = flat(x), pool(x)

@@ -30,7 +30,8 @@ def geometry_cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _item(case: Path) -> InputItem:
     collected = get_task("brats").collect_inputs([str(case)])
-    assert len(collected.items) == 1 and not collected.errors
+    assert len(collected.items) == 1
+    assert not collected.errors
     return collected.items[0]
 
 
@@ -41,7 +42,8 @@ def _predictor(ckpt_path: Path, explain: bool = False, **opts: object) -> BratsP
 
 def test_synthetic_geometry_kinds(geometry_cases: dict[str, Path]) -> None:
     codes = {k: nib.aff2axcodes(nib.load(str(next(c.glob("*_t1.nii.gz")))).affine) for k, c in geometry_cases.items()}
-    assert codes["ras"] == ("R", "A", "S") and codes["lps"] == ("L", "P", "S")
+    assert codes["ras"] == ("R", "A", "S")
+    assert codes["lps"] == ("L", "P", "S")
     aniso = nib.load(str(next(geometry_cases["aniso"].glob("*_t1.nii.gz"))))
     zooms = aniso.header.get_zooms()
     assert zooms[2] > 2 * zooms[0]
@@ -108,7 +110,8 @@ def test_dicom_series_prediction_keeps_series_geometry(
     case = sorted(p for p in brats_heldout_data.iterdir() if p.is_dir())[1]
     dicom_dir = case / "dicom"
     items = get_task("brats").collect_inputs([str(dicom_dir)]).items
-    assert len(items) == 1 and set(items[0].paths) == set(MODALITIES)
+    assert len(items) == 1
+    assert set(items[0].paths) == set(MODALITIES)
     predictor = _predictor(brats_random_checkpoint)
     prep = predictor.prepare(items[0])
     result = predictor.finish(prep, predictor.run([prep])[0], tmp_path).data
@@ -168,7 +171,8 @@ def test_unknown_label_convention_is_rejected(brats_random_checkpoint: Path) -> 
 
 def test_random_checkpoint_fixture_is_a_brats_checkpoint(brats_random_checkpoint: Path) -> None:
     ckpt = load_checkpoint(brats_random_checkpoint)
-    assert ckpt.task == "brats" and BratsConfig.load("tiny").roi_size == tuple(ckpt.config["roi_size"])
+    assert ckpt.task == "brats"
+    assert BratsConfig.load("tiny").roi_size == tuple(ckpt.config["roi_size"])
     assert make_provenance("x", "y", 1)["seed"] == 1
 
 

@@ -21,5 +21,6 @@ def test_cuda_matches_cpu(brats_random_checkpoint: Path, amp: bool) -> None:
     x = torch.randn(4, 48, 40, 36)
     cpu = BratsPredictor(ckpt, PredictOptions(device="cpu")).infer_maps(x)
     gpu = BratsPredictor(ckpt, PredictOptions(device="cuda", amp=amp)).infer_maps(x)
-    assert gpu.device.type == "cpu" and gpu.shape == cpu.shape
+    assert gpu.device.type == "cpu"
+    assert gpu.shape == cpu.shape
     assert torch.allclose(gpu, cpu, atol=5e-2 if amp else 1e-4)

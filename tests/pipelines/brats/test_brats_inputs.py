@@ -152,14 +152,16 @@ def test_grouping_files_folders_and_roles(good_cases: list[Path], tmp_path: Path
     (by_files,) = task.collect_inputs(files).items
     assert set(by_files.paths) == {"t1", "t1ce", "t2", "flair"}, "the seg file is not an input"
     (by_folder,) = task.collect_inputs([str(case)]).items
-    assert by_folder.paths == by_files.paths and by_folder.name == case.name
+    assert by_folder.paths == by_files.paths
+    assert by_folder.name == case.name
     roles = [f"t1={_file(case, 't1')}", f"T1CE={_file(case, 't1ce')}", f"t2w={_file(case, 't2')}"]
     (explicit,) = task.collect_inputs([*roles, f"flair={_file(case, 'flair')}"]).items
     assert explicit.paths == by_files.paths
     many = task.collect_inputs([str(case.parent)]).items
     assert sorted(i.name for i in many) == sorted(c.name for c in good_cases)
     globbed = task.collect_inputs([str(case.parent / "*" / "*_t1.nii.gz")]).items
-    assert len(globbed) == 3 and all(set(i.paths) == {"t1"} for i in globbed)
+    assert len(globbed) == 3
+    assert all(set(i.paths) == {"t1"} for i in globbed)
     (unknown,) = task.collect_inputs([f"pd={_file(case, 't1')}"]).errors
     assert "unknown modality 'pd'" in str(unknown)
 
@@ -182,11 +184,14 @@ def test_cli_usage_errors_exit_2(tmp_path: Path, brats_random_checkpoint: Path) 
     runner = CliRunner()
     assert runner.invoke(app, ["predict", "bratz", "x", "-o", str(tmp_path)]).exit_code == 2
     no_ckpt = runner.invoke(app, ["predict", "brats", "x", "-o", str(tmp_path)])
-    assert no_ckpt.exit_code == 2 and "medinfer demo" in no_ckpt.output
+    assert no_ckpt.exit_code == 2
+    assert "medinfer demo" in no_ckpt.output
     wrong = runner.invoke(app, ["predict", "brats", "x", "-o", str(tmp_path), "--checkpoint", str(tmp_path / "no.pt")])
-    assert wrong.exit_code == 2 and "not found" in wrong.output
+    assert wrong.exit_code == 2
+    assert "not found" in wrong.output
     assert runner.invoke(app, ["train", "brats", "--data", str(tmp_path / "nope"), "-o", str(tmp_path)]).exit_code == 2
     bad_preset = runner.invoke(
         app, ["train", "brats", "--data", str(tmp_path), "-o", str(tmp_path), "--preset", "huge"]
     )
-    assert bad_preset.exit_code == 2 and "preset" in bad_preset.output
+    assert bad_preset.exit_code == 2
+    assert "preset" in bad_preset.output

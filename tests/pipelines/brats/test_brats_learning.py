@@ -44,18 +44,25 @@ def test_run_folder_contents(brats_tiny_run: Path) -> None:
     assert ckpt.path == brats_tiny_run / "best.pt"
     raw = torch.load(brats_tiny_run / "best.pt", weights_only=True)
     assert set(raw["provenance"]) == {"dataset", "data_card", "seed", "trained_at", "code_version", "synthetic"}
-    assert raw["provenance"]["synthetic"] is True and raw["provenance"]["data_card"] == "synthetic.md"
+    assert raw["provenance"]["synthetic"] is True
+    assert raw["provenance"]["data_card"] == "synthetic.md"
     assert raw["heads"] == {"regions": ["WT", "TC", "ET"]}
-    assert raw["labels"] == ["WT", "TC", "ET"] and raw["model_name"] == "brats_nested_unet"
+    assert raw["labels"] == ["WT", "TC", "ET"]
+    assert raw["model_name"] == "brats_nested_unet"
     history = json.loads((brats_tiny_run / "metrics.json").read_text())["history"]
-    assert len(history) == 40 and all({"dice_WT", "dice_TC", "dice_ET"} <= set(h) for h in history)
+    assert len(history) == 40
+    assert all({"dice_WT", "dice_TC", "dice_ET"} <= set(h) for h in history)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     card = (brats_tiny_run / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "Not a medical device; not for diagnosis" in card
-    assert "[INF] Multi-level activation" in card and "synthetic" in card
+    assert "[INF] Multi-level activation" in card
+    assert "synthetic" in card
     # every departure from the paper is stated
-    assert "no final retrain on all training cases" in card and "--all-cases" in card
-    assert "gradients clipped to norm 12.0" in card and "mixed precision" in card and "float32 on CPU" in card
+    assert "no final retrain on all training cases" in card
+    assert "--all-cases" in card
+    assert "gradients clipped to norm 12.0" in card
+    assert "mixed precision" in card
+    assert "float32 on CPU" in card
 
 
 @pytest.mark.slow
@@ -65,13 +72,16 @@ def test_all_cases_is_the_papers_final_retrain(brats_train_data: Path, tmp_path:
     result = CliRunner().invoke(app, [*args, "--all-cases", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     best, last = load_checkpoint(run / "best.pt"), load_checkpoint(run / "last.pt")
-    assert best.extra["train_cases"] == 8 and best.extra["train_options"] == {"all_cases": True}
+    assert best.extra["train_cases"] == 8
+    assert best.extra["train_options"] == {"all_cases": True}
     assert best.metrics["epoch"] == 2  # no held-out case to choose by: the last epoch is kept
     assert all(torch.equal(best.state_dict[k], last.state_dict[k]) for k in best.state_dict)
     history = json.loads((run / "metrics.json").read_text(encoding="utf-8"))["history"]
-    assert len(history) == 2 and not any(k.startswith("dice") for h in history for k in h)
+    assert len(history) == 2
+    assert not any(k.startswith("dice") for h in history for k in h)
     card = (run / "MODEL_CARD.md").read_text(encoding="utf-8")
-    assert "Final retrain on all 8 labelled cases" in card and "0 validation cases" in card
+    assert "Final retrain on all 8 labelled cases" in card
+    assert "0 validation cases" in card
 
 
 def test_tiny_model_learns_and_cli_round_trip(brats_tiny_run: Path, brats_heldout_data: Path, tmp_path: Path) -> None:
@@ -91,7 +101,8 @@ def test_tiny_model_learns_and_cli_round_trip(brats_tiny_run: Path, brats_heldou
         assert r["outputs"]["volumes_ml"]["WT"] > 5.0
         assert {"read", "preprocess", "infer", "postprocess", "write"} <= set(r["timings"])
     csv_lines = (pred_dir / "report.csv").read_text().splitlines()
-    assert csv_lines[0] == "input,status,outputs,error,seconds" and len(csv_lines) == 4
+    assert csv_lines[0] == "input,status,outputs,error,seconds"
+    assert len(csv_lines) == 4
 
     eval_dir = tmp_path / "eval"
     result = runner.invoke(
@@ -113,10 +124,12 @@ def test_tiny_model_learns_and_cli_round_trip(brats_tiny_run: Path, brats_heldou
     assert summary["n_cases"] == 3
     assert metrics["dice_WT"]["mean"] >= 0.8, metrics["dice_WT"]
     for region in ("TC", "ET"):
-        assert 0.0 <= metrics[f"dice_{region}"]["mean"] <= 1.0 and "median" in metrics[f"dice_{region}"]
+        assert 0.0 <= metrics[f"dice_{region}"]["mean"] <= 1.0
+        assert "median" in metrics[f"dice_{region}"]
         assert metrics[f"hd95_{region}"]["n"] == 3
     rows = (eval_dir / "cases.csv").read_text().splitlines()
-    assert rows[0].startswith("case,dice_WT,hd95_WT") and len(rows) == 4
+    assert rows[0].startswith("case,dice_WT,hd95_WT")
+    assert len(rows) == 4
     assert len(list((eval_dir / "predictions").glob("*_pred.nii.gz"))) == 3
 
 
@@ -131,7 +144,8 @@ def test_install_then_predict_without_checkpoint_flag(
     listing = runner.invoke(app, ["models", "--json"])
     assert listing.exit_code == 0
     tasks = {t["task"]: t for t in json.loads(listing.output)["tasks"]}
-    assert tasks["brats"]["checkpoint"] and tasks["brats"]["contract"]["channels"] == ["t1", "t1ce", "t2", "flair"]
+    assert tasks["brats"]["checkpoint"]
+    assert tasks["brats"]["contract"]["channels"] == ["t1", "t1ce", "t2", "flair"]
     case = next(p for p in brats_heldout_data.iterdir() if p.is_dir())
     result = runner.invoke(app, ["predict", "brats", str(case), "-o", str(tmp_path / "p"), "--labels", "brats2023"])
     assert result.exit_code == 0, result.output

@@ -32,7 +32,8 @@ def test_nesting_holds_for_any_z(beta: float) -> None:
     assert ((y >= 0) & (y <= 1)).all()
     regions = levels_to_regions(decode_multilevel(y[:, 0]))
     wt, tc, et = regions[:, 0].bool(), regions[:, 1].bool(), regions[:, 2].bool()
-    assert not (et & ~tc).any() and not (tc & ~wt).any()
+    assert not (et & ~tc).any()
+    assert not (tc & ~wt).any()
 
 
 def test_activation_closed_form_and_monotone() -> None:
@@ -119,7 +120,7 @@ def test_deep_supervision_weights_and_downsampling() -> None:
     full, aux = torch.zeros(1, 3, 8, 8, 8), torch.zeros(1, 3, 4, 4, 4)
     expected = (2 / 3) * head.loss(full, regions) + (1 / 3) * head.loss(aux, regions[:, :, ::2, ::2, ::2])
     assert torch.allclose(loss(full, [aux], regions), expected)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="weights"):
         DeepSupervisionLoss(head, [])
 
 
@@ -129,7 +130,9 @@ def test_mask_outside_brain() -> None:
     image[0, 0, 0, 0, 0] = 2.0
     levels = torch.full((1, 3, 3, 3), 3)
     masked = mask_outside_brain(levels, image)
-    assert masked.sum() == 6 and masked[0, 1, 1, 1] == 3 and masked[0, 0, 0, 0] == 3
+    assert masked.sum() == 6
+    assert masked[0, 1, 1, 1] == 3
+    assert masked[0, 0, 0, 0] == 3
 
 
 def test_labels_to_levels_inverts_the_2018_convention() -> None:

@@ -53,7 +53,8 @@ def test_labels_nested_and_positions_vary(data: Path) -> None:
 
 def test_geometry_plan_and_determinism(tmp_path: Path) -> None:
     plan = synthetic.geometry_plan(10)
-    assert plan.count("oblique") == 1 and {"ras", "lps", "aniso"} <= set(plan)
+    assert plan.count("oblique") == 1
+    assert {"ras", "lps", "aniso"} <= set(plan)
     a = synthetic.generate(tmp_path / "a", n=2, seed=9, spacing=5.0)
     b = synthetic.generate(tmp_path / "b", n=2, seed=9, spacing=5.0)
     c = synthetic.generate(tmp_path / "c", n=2, seed=10, spacing=5.0)
@@ -68,9 +69,12 @@ def test_geometry_plan_and_determinism(tmp_path: Path) -> None:
 
 def test_discover_and_split(data: Path) -> None:
     cases = discover_cases(data)
-    assert len(cases) == 5 and all({"t1", "t1ce", "t2", "flair", "seg"} <= set(c) for c in cases)
+    assert len(cases) == 5
+    assert all({"t1", "t1ce", "t2", "flair", "seg"} <= set(c) for c in cases)
     train, val = split_indices(len(cases), 0.2, seed=0)
-    assert len(val) == 1 and len(train) == 4 and sorted(train + val) == list(range(5))
+    assert len(val) == 1
+    assert len(train) == 4
+    assert sorted(train + val) == list(range(5))
     assert split_indices(len(cases), 0.2, seed=0) == (train, val)
     with pytest.raises(ValueError, match="no complete"):
         discover_cases(data / "BraTS20_Training_21001" / "nowhere")
@@ -96,7 +100,7 @@ def test_config_presets_and_overrides(tmp_path: Path) -> None:
         BratsConfig.load("tiny", yaml_file)
     with pytest.raises(ValueError, match="divisible"):
         BratsConfig.build({"roi_size": (100, 100, 100)})
-    with pytest.raises(ValueError, match="config key 'thresholds'.*increasing"):
+    with pytest.raises(ValueError, match=r"config key 'thresholds'.*increasing"):
         BratsConfig.build({"thresholds": (0.0, -1.0, 2.0)})
     with pytest.raises(ValueError, match="config key 'head'"):
         BratsConfig.build({"head": "sigmoid"})

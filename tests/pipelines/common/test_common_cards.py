@@ -45,7 +45,8 @@ def _registry_cards() -> list[str]:
 @pytest.mark.parametrize("name", [*_registry_cards(), "synthetic.md"])
 def test_source_tree_finds_every_card(name: str) -> None:
     path = data_card_path(name)
-    assert path is not None and path.is_file()
+    assert path is not None
+    assert path.is_file()
     assert path.parent == data_cards_dirs()[0] == SOURCE_CARDS
     assert read_data_card(name) == (SOURCE_CARDS / name).read_text(encoding="utf-8")
 
@@ -145,8 +146,18 @@ def test_installed_under_a_prefix_finds_cards(wheel: Path, tmp_path: Path) -> No
     prefix = tmp_path / "prefix"
     # --ignore-installed: the running environment holds an editable medinfer that pip must not uninstall.
     subprocess.run(
-        [sys.executable, *PIP, "install", "--no-deps", "--no-index", "--ignore-installed", "-q"]
-        + ["--prefix", str(prefix), str(wheel)],
+        [
+            sys.executable,
+            *PIP,
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--ignore-installed",
+            "-q",
+            "--prefix",
+            str(prefix),
+            str(wheel),
+        ],
         check=True,
         timeout=120,
     )

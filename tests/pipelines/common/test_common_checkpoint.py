@@ -43,7 +43,9 @@ def test_round_trip_rebuilds_the_same_model(tmp_path: Path) -> None:
     assert {"format_version", "task", "model_name", "model_kwargs", "config", "state_dict", "labels"} <= set(raw)
     assert {"dataset", "data_card", "seed", "trained_at", "code_version"} == set(raw["provenance"])
     loaded = load_checkpoint(tmp_path / "run")  # a run folder resolves to its best checkpoint
-    assert loaded.path == path and loaded.config == ckpt.config and loaded.labels == ckpt.labels
+    assert loaded.path == path
+    assert loaded.config == ckpt.config
+    assert loaded.labels == ckpt.labels
     assert torch.equal(loaded.extra["thresholds"], torch.tensor([0.5, 0.25]))
     x = torch.randn(1, 4, 16, 16, 16)
     original = create_model("brats_nested_unet", **ckpt.model_kwargs)
@@ -55,7 +57,7 @@ def test_round_trip_rebuilds_the_same_model(tmp_path: Path) -> None:
 def test_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
-    with pytest.raises(CheckpointError, match="no best.pt"):
+    with pytest.raises(CheckpointError, match=r"no best\.pt"):
         load_checkpoint(tmp_path)
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a torch file")
@@ -86,7 +88,8 @@ def test_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (run / "MODEL_CARD.md").write_text("card", encoding="utf-8")
     assert installed_checkpoint("brats") is None
     dst = install_checkpoint(run, "brats")
-    assert dst == tmp_path / "installed" / "brats.pt" and installed_checkpoint("brats") == dst
+    assert dst == tmp_path / "installed" / "brats.pt"
+    assert installed_checkpoint("brats") == dst
     assert (tmp_path / "installed" / "brats.MODEL_CARD.md").read_text(encoding="utf-8") == "card"
     with pytest.raises(CheckpointError):
         install_checkpoint(run, "ecg")

@@ -35,7 +35,9 @@ def test_yaml_overrides_merge_mappings_and_epochs_applies_to_every_stage(tmp_pat
     y = tmp_path / "c.yaml"
     y.write_text("kwargs:\n  depth: 2\nshape: [8, 2]\nepochs:\n  b: 5\n", encoding="utf-8")
     cfg = Cfg.load("tiny", y)
-    assert cfg.kwargs == {"depth": 2, "act": "relu"} and cfg.shape == (8, 2) and cfg.epochs == {"a": 2, "b": 5}
+    assert cfg.kwargs == {"depth": 2, "act": "relu"}
+    assert cfg.shape == (8, 2)
+    assert cfg.epochs == {"a": 2, "b": 5}
     assert Cfg.load("tiny", y, epochs=7).epochs == {"a": 7, "b": 7}
     assert Cfg.load("full", overrides={"width": 3}).width == 3
     assert merge_overrides({"m": {"x": 1}, "n": 1}, {"m": {"y": 2}, "n": 2}) == {"m": {"x": 1, "y": 2}, "n": 2}
@@ -78,7 +80,9 @@ def test_options_parse_and_update() -> None:
 
     assert Opts.parse({}).rate is None
     opts = Opts.parse({"rate": "250"})
-    assert opts.rate == 250.0 and opts.updated({"rate": 5}).rate == 5.0 and opts.rate == 250.0
+    assert opts.rate == 250.0
+    assert opts.updated({"rate": 5}).rate == 5.0
+    assert opts.rate == 250.0
     with pytest.raises(ConfigError, match="unknown option 'speed'"):
         Opts.parse({"speed": 1})
     with pytest.raises(ConfigError, match="form: option 'rate'"):

@@ -263,7 +263,9 @@ def test_agrees_with_independent_references(seed: int, constant: float) -> None:
     rows = m.per_class_rows(y, p, thr, [f"c{c}" for c in range(7)])
     for c, row in enumerate(rows):
         dc = (p[:, c] >= thr[c]).astype(np.float32)
-        assert row["threshold"] == thr[c] and row["label"] == f"c{c}"
-        assert row["positives"] + row["negatives"] == 50 and row["positives"] == int(y[:, c].sum())
+        assert row["threshold"] == thr[c]
+        assert row["label"] == f"c{c}"
+        assert row["positives"] + row["negatives"] == 50
+        assert row["positives"] == int(y[:, c].sum())
         if y[:, c].any():
             assert row["f1"] == pytest.approx(f1_score(y[:, c], dc))

@@ -128,12 +128,15 @@ def test_dice_hd95_closed_forms() -> None:
     both_empty = dice_hd95(empty, empty, (1, 1, 1), ("x", "y"))
     assert both_empty == {"dice_x": 1.0, "hd95_x": 0.0, "dice_y": 1.0, "hd95_y": 0.0}
     one_empty = dice_hd95(empty, one, (1, 1, 1), ("x", "y"))
-    assert one_empty["dice_y"] == 0.0 and one_empty["hd95_y"] == HD95_EMPTY_PENALTY
+    assert one_empty["dice_y"] == 0.0
+    assert one_empty["hd95_y"] == HD95_EMPTY_PENALTY
     with pytest.raises(ValueError, match="differs"):
         dice_hd95(empty, empty[:, :2], (1, 1, 1), ("x", "y"))
 
 
 def test_summarize_skips_non_finite() -> None:
     s = summarize([1.0, 2.0, 3.0, float("nan")])
-    assert s["mean"] == 2.0 and s["median"] == 2.0 and s["n"] == 3
+    assert s["mean"] == 2.0
+    assert s["median"] == 2.0
+    assert s["n"] == 3
     assert math.isnan(summarize([])["mean"])

@@ -100,17 +100,23 @@ def test_runner_learns_a_line_and_writes_a_run_folder(tmp_path: Path) -> None:
         assert (out / name).is_file(), name
     summary = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     history = summary["history"]
-    assert len(history) == 60 and [h["epoch"] for h in history[:3]] == [1.0, 2.0, 3.0]
+    assert len(history) == 60
+    assert [h["epoch"] for h in history[:3]] == [1.0, 2.0, 3.0]
     best_epoch = min(history, key=lambda h: h["mse"])["epoch"]
-    assert summary["best_epoch"] == best_epoch and summary["monitor"] == "mse"
+    assert summary["best_epoch"] == best_epoch
+    assert summary["monitor"] == "mse"
     best = load_checkpoint(out / BEST_NAME)
-    assert best.metrics["epoch"] == best_epoch and best.task == "line" and best.heads == {"y": ["y"]}
+    assert best.metrics["epoch"] == best_epoch
+    assert best.task == "line"
+    assert best.heads == {"y": ["y"]}
     assert load_checkpoint(out / "last.pt").metrics["epoch"] == 60
     rebuilt = best.build_model()
     with torch.no_grad():
         assert float(nn.functional.mse_loss(rebuilt(X), Y)) == pytest.approx(summary["best_value"], rel=1e-5)
     card = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
-    assert "not a medical device" in card.lower() and "no gradient clipping" in card and "float32 on CPU" in card
+    assert "not a medical device" in card.lower()
+    assert "no gradient clipping" in card
+    assert "float32 on CPU" in card
     assert "ordinary least squares" in card  # the paper comes from the model registry
     assert json.loads((out / "config.json").read_text(encoding="utf-8"))["epochs"] == 60
 
@@ -125,7 +131,8 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
     b = _run(tmp_path / "b", Noisy, epochs=3)
     b.run()
     for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
-        assert ka == kb and torch.equal(va, vb)
+        assert ka == kb
+        assert torch.equal(va, vb)
 
 
 def test_stages_run_in_order_and_a_stage_without_gradients_runs_itself(tmp_path: Path) -> None:
@@ -147,7 +154,8 @@ def test_stages_run_in_order_and_a_stage_without_gradients_runs_itself(tmp_path:
     run.run()
     assert calls == ["warm", "end warm", "freeze", "end freeze", "fine", "end fine"]
     assert [h["epoch"] for h in run.history] == [1.0, 2.0, 3.0, 4.0, 5.0]  # counted across stages
-    assert set(run.stage_metrics) == {"warm", "fine"} and run.stage_metrics["fine"]["best_epoch"] in (1, 2, 3)
+    assert set(run.stage_metrics) == {"warm", "fine"}
+    assert run.stage_metrics["fine"]["best_epoch"] in (1, 2, 3)
     with pytest.raises(NotImplementedError, match="freeze"):
         TrainingRun.run_stage(run, Stage("freeze", gradient=False))
 
@@ -182,8 +190,10 @@ def test_a_non_finite_loss_stops_the_run(tmp_path: Path) -> None:
 
 
 def test_amp_only_on_cuda() -> None:
-    assert amp_enabled("cpu", True) is False and amp_enabled(torch.device("cpu"), True) is False
-    assert amp_enabled("cuda:1", True) is True and amp_enabled("cuda", False) is False
+    assert amp_enabled("cpu", True) is False
+    assert amp_enabled(torch.device("cpu"), True) is False
+    assert amp_enabled("cuda:1", True) is True
+    assert amp_enabled("cuda", False) is False
     with autocast("cpu", True):
         assert not torch.is_autocast_enabled()
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32

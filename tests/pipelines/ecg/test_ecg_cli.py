@@ -20,16 +20,22 @@ pytestmark = pytest.mark.slow
 def test_checkpoint_carries_method_data(ecg_tiny_run: Path) -> None:
     raw = torch.load(ecg_tiny_run / "best.pt", map_location="cpu", weights_only=True)
     extra = raw["extra"]
-    assert raw["task"] == "ecg" and len(raw["labels"]) == 71
-    assert len(extra["thresholds"]) == 71 and all(0 < t < 1 for t in extra["thresholds"])
+    assert raw["task"] == "ecg"
+    assert len(raw["labels"]) == 71
+    assert len(extra["thresholds"]) == 71
+    assert all(0 < t < 1 for t in extra["thresholds"])
     assert {k: len(v) for k, v in extra["label_partition"].items()} == {"rhythm": 16, "morphology": 52, "diffuse": 3}
     assert extra["stages_done"] == ["feature_extractor", "joint", "projection", "classifier", "fusion"]
     src = [s for s in extra["prototype_sources"] if s["label"] == "SR"]
-    assert src and all(s["record_id"] is not None and s["score"] is not None for s in src)
+    assert src
+    assert all(s["record_id"] is not None and s["score"] is not None for s in src)
     assert extra["prototype_segments"]["morphology"].dtype == torch.float16
     card = (ecg_tiny_run / "MODEL_CARD.md").read_text()
-    assert "Not a medical device" in card and "[INF]" in card and "synthetic" in card
-    assert (ecg_tiny_run / "metrics.json").is_file() and (ecg_tiny_run / "training_curve.png").is_file()
+    assert "Not a medical device" in card
+    assert "[INF]" in card
+    assert "synthetic" in card
+    assert (ecg_tiny_run / "metrics.json").is_file()
+    assert (ecg_tiny_run / "training_curve.png").is_file()
 
 
 def test_learns_generator_labels(ecg_synth_data: Path, ecg_tiny_run: Path, tmp_path: Path) -> None:
@@ -39,7 +45,8 @@ def test_learns_generator_labels(ecg_synth_data: Path, ecg_tiny_run: Path, tmp_p
     )
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["folds"] == [10] and summary["n_records"] == 30
+    assert summary["folds"] == [10]
+    assert summary["n_records"] == 30
     with (tmp_path / "per_class.csv").open() as fh:
         rows = {r["label"]: r for r in csv.DictReader(fh)}
     aucs = [float(rows[c]["auroc"]) for c in GENERATED_LABELS if rows[c]["auroc"] not in ("", "nan")]
@@ -103,7 +110,8 @@ def test_predict_bad_inputs_exit_1(ecg_tiny_run: Path, tmp_path: Path) -> None:
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     errors = [r["error"] for r in report["results"]]
     assert "missing.hea: does not exist" in errors[0]
-    assert "flat.npy" in errors[1] and "flat line" in errors[1]
+    assert "flat.npy" in errors[1]
+    assert "flat line" in errors[1]
 
 
 def test_single_stage_continues_from_run(ecg_synth_data: Path, ecg_tiny_run: Path, tmp_path: Path) -> None:
@@ -118,9 +126,11 @@ def test_single_stage_continues_from_run(ecg_synth_data: Path, ecg_tiny_run: Pat
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     raw = torch.load(run / "best.pt", map_location="cpu", weights_only=True)
-    assert raw["extra"]["stages_done"][-1] == "fusion" and len(raw["extra"]["stages_done"]) == 6
+    assert raw["extra"]["stages_done"][-1] == "fusion"
+    assert len(raw["extra"]["stages_done"]) == 6
     assert raw["extra"]["prototype_sources"]  # carried over from the run it continued
     bad = CliRunner().invoke(
         app, ["train", "ecg", "--data", str(ecg_synth_data), "-o", str(run), "--stage", "push", "--device", "cpu"]
     )
-    assert bad.exit_code == 2 and "stages" in bad.output
+    assert bad.exit_code == 2
+    assert "stages" in bad.output

@@ -47,19 +47,21 @@ def test_a_wrong_file_is_a_clear_error(tmp_path: Path) -> None:
         _run(tmp_path, weights, widths=[16, 16, 32, 32]).build_model()  # tiny widths
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a torch file")
-    with pytest.raises(ValueError, match="junk.pth: not a readable state dict"):
+    with pytest.raises(ValueError, match=r"junk\.pth: not a readable state dict"):
         _run(tmp_path, junk).build_model()
     missing = CliRunner().invoke(
         app, ["train", "ecg", "--data", str(tmp_path), "-o", str(tmp_path / "r"), "--init-weights", "nowhere.pth"]
     )
-    assert missing.exit_code == 2 and "nowhere.pth: file not found" in missing.output
+    assert missing.exit_code == 2
+    assert "nowhere.pth: file not found" in missing.output
 
 
 def test_without_the_file_the_card_states_the_random_start(tmp_path: Path) -> None:
     run = EcgRun(get_task("ecg"), EcgConfig.load("tiny"), TrainOptions(tmp_path, tmp_path / "run"))
     run.build_model()
     notes = " ".join(run.departure_notes())
-    assert "start from random weights" in notes and "--init-weights FILE" in notes
+    assert "start from random weights" in notes
+    assert "--init-weights FILE" in notes
     assert "averages the feature map" in notes  # the tiny preset's pooled stage-1 head is a stated departure
     full = EcgConfig.load("full")
     assert full.model_kwargs["fc_head"] == "flatten"  # the authors' head in the published recipe

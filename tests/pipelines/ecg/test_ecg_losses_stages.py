@@ -148,10 +148,12 @@ def test_projection_prototypes_equal_training_latents() -> None:
                 cls = p // b.prototypes_per_class
                 carriers = np.flatnonzero(y[:, idx[name][cls]])
                 if len(carriers) == 0:  # no training positives: untouched, no source
-                    assert s["record_id"] is None and torch.equal(b.prototypes[p], before[name][p])
+                    assert s["record_id"] is None
+                    assert torch.equal(b.prototypes[p], before[name][p])
                     continue
                 r = s["record_index"]
-                assert r in carriers and s["record_id"] == ids[r]
+                assert r in carriers
+                assert s["record_id"] == ids[r]
                 if (name, r) not in latents:
                     latents[(name, r)] = b.latent(x[r : r + 1])[0]
                 z = latents[(name, r)]

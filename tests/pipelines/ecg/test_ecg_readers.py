@@ -41,9 +41,11 @@ def test_wfdb_500hz_shuffled_reads_back_canonical(tmp_path: Path) -> None:
     order = list(np.random.default_rng(0).permutation(12))
     hea = _wfdb(tmp_path, "rec", sig500, 500, order, units="uV")
     rec = read_record(hea)
-    assert rec.fs == 500 and rec.leads == [LEADS[i] for i in order]
+    assert rec.fs == 500
+    assert rec.leads == [LEADS[i] for i in order]
     x = preprocess_signal(rec.signal, rec.fs, rec.leads, hea, highpass_hz=0)
-    assert x.shape == (12, 1000) and x.dtype == np.float32
+    assert x.shape == (12, 1000)
+    assert x.dtype == np.float32
     expected = preprocess_signal(_signal(100), 100, None, "ref", highpass_hz=0)  # canonical order, 100 Hz
     np.testing.assert_allclose(x[:, 50:-50], expected[:, 50:-50], atol=0.01)
     # the record path without a suffix and the .dat name read the same record
@@ -55,7 +57,8 @@ def test_dicom_round_trip(tmp_path: Path) -> None:
     sig = _signal(500)
     path = write_dicom_ecg(tmp_path / "ecg.dcm", sig, 500)
     rec = read_record(path)
-    assert rec.fs == 500 and [canonical_lead(n) for n in rec.leads] == list(LEADS)
+    assert rec.fs == 500
+    assert [canonical_lead(n) for n in rec.leads] == list(LEADS)
     np.testing.assert_allclose(rec.signal, np.round(sig * 1000) / 1000, atol=1e-9)  # 1 µV resolution
     x = preprocess_signal(rec.signal, rec.fs, rec.leads, path)
     assert x.shape == (12, 1000)
@@ -69,7 +72,8 @@ def test_dicom_does_not_leak_identifiers(tmp_path: Path) -> None:
     ds.PatientName = "Doe^Jane"
     ds.save_as(path)
     rec = read_record(path)
-    assert "Doe" not in repr(rec.leads) and "Doe" not in str(rec.path)
+    assert "Doe" not in repr(rec.leads)
+    assert "Doe" not in str(rec.path)
 
 
 def test_csv_with_header_and_npy(tmp_path: Path) -> None:
@@ -94,7 +98,8 @@ def test_length_rule(tmp_path: Path) -> None:
     np.testing.assert_allclose(x, long[:, 200:1200].astype(np.float32))  # central 10 s
     short = _signal(100, 9.0)
     x = preprocess_signal(short, 100, None, "short", highpass_hz=0)
-    assert x.shape == (12, 1000) and np.all(x[:, 900:] == 0)
+    assert x.shape == (12, 1000)
+    assert np.all(x[:, 900:] == 0)
 
 
 @pytest.mark.parametrize(
@@ -112,9 +117,13 @@ def test_bad_records_name_the_file(tmp_path: Path, mutate, message: str) -> None
         hea = _wfdb(tmp_path, "bad", sig, 100, order)
     else:
         hea = _wfdb(tmp_path, "bad", sig[: len(order)] if len(order) < 12 else sig, 100, order)
-    with pytest.raises(InputError, match=message) as err:
+
+    def read_and_preprocess() -> None:
         rec = read_record(hea)
         preprocess_signal(rec.signal, rec.fs, rec.leads, hea)
+
+    with pytest.raises(InputError, match=message) as err:
+        read_and_preprocess()
     assert str(hea) in str(err.value)
 
 
