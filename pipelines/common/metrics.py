@@ -126,6 +126,17 @@ def _single_label(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int | Non
     return t, p
 
 
+def _per_class(y: np.ndarray, p: np.ndarray, score: Any, need_negatives: bool) -> np.ndarray:
+    """``score(y_c, p_c)`` per class; NaN where a class has no positives (or, if needed, no negatives)."""
+    y, p = _multilabel(y, p, "p")
+    out = np.full(y.shape[1], np.nan)
+    for c in range(y.shape[1]):
+        pos = y[:, c].sum()
+        if pos > 0 and (pos < y.shape[0] or not need_negatives):
+            out[c] = score(y[:, c], p[:, c])
+    return out
+
+
 def per_class_auroc(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     """AUROC per class of a multi-label problem.
 
@@ -141,13 +152,7 @@ def per_class_auroc(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     """
     from sklearn.metrics import roc_auc_score
 
-    y, p = _multilabel(y, p, "p")
-    out = np.full(y.shape[1], np.nan)
-    for c in range(y.shape[1]):
-        pos = y[:, c].sum()
-        if 0 < pos < y.shape[0]:
-            out[c] = roc_auc_score(y[:, c], p[:, c])
-    return out
+    return _per_class(y, p, roc_auc_score, need_negatives=True)
 
 
 def macro_auroc(y: np.ndarray, p: np.ndarray) -> float:
@@ -181,12 +186,7 @@ def per_class_auprc(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     """
     from sklearn.metrics import average_precision_score
 
-    y, p = _multilabel(y, p, "p")
-    out = np.full(y.shape[1], np.nan)
-    for c in range(y.shape[1]):
-        if y[:, c].sum() > 0:
-            out[c] = average_precision_score(y[:, c], p[:, c])
-    return out
+    return _per_class(y, p, average_precision_score, need_negatives=False)
 
 
 def macro_auprc(y: np.ndarray, p: np.ndarray) -> float:
