@@ -18,7 +18,6 @@ from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 from torch.nn import functional as F
 
-REGIONS = ("WT", "TC", "ET")
 #: decoding thresholds on y for WT, TC, ET
 LEVEL_THRESHOLDS = (1.0 / 6.0, 1.0 / 2.0, 5.0 / 6.0)
 

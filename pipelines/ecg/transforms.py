@@ -43,8 +43,13 @@ _CANON = {name.upper(): name for name in LEADS}
 
 
 def canonical_lead(name: str) -> str | None:
-    """The canonical name of a lead label (``"Lead aVR"``, ``"AVR"``, ``"v1"``, ``"MDC_ECG_LEAD_II"``...) or None."""
+    """The canonical name of a lead label or None.
+
+    Accepts ``"Lead aVR"``, ``"AVR"``, ``"v1"``, ``"MDC_ECG_LEAD_II"`` and the DICOM code meanings vendors
+    write, such as ``"Lead I (Einthoven)"`` or ``"Lead aVR (Goldberger)"`` (a parenthesised system name).
+    """
     s = str(name).strip().upper()
+    s = re.sub(r"\s*\(.*?\)\s*", "", s)  # "(EINTHOVEN)", "(GOLDBERGER)", "(WILSON)"
     s = re.sub(r"^(MDC_ECG_LEAD_|LEAD[\s_-]*)", "", s)
     s = s.replace(" ", "").replace("_", "")
     return _CANON.get(s)

@@ -139,3 +139,20 @@ def test_missing_and_unsupported_files(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="DICOM") as err:
         read_record(bad)
     assert str(bad) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("label", "lead"),
+    [
+        ("Lead I (Einthoven)", "I"),
+        ("Lead II", "II"),
+        ("Lead aVR (Goldberger)", "aVR"),
+        ("Lead V1 (Wilson)", "V1"),
+        ("MDC_ECG_LEAD_V6", "V6"),
+        ("avf", "aVF"),
+        ("Lead X", None),
+        ("(Einthoven)", None),
+    ],
+)
+def test_vendor_lead_labels(label: str, lead: str | None) -> None:
+    assert canonical_lead(label) == lead

@@ -1,0 +1,61 @@
+"""Files written by other tools, shipped with the packages we depend on, through the task families.
+
+Our generators agree with our readers by construction; these files do not: nibabel's ``anatomical.nii``
+(big-endian int16, LAS orientation, qform and sform code 2) and pydicom's ``waveform_ecg.dcm`` (a vendor
+12-lead ECG at 1000 Hz with vendor lead names, and a second 1.2 s rhythm waveform).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import app
+from pipelines.common.checkpoint import save_checkpoint
+from pipelines.common.task import get_task
+
+NIBABEL_ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
+
+
+def _predict(task: str, inputs: list[str], out: Path, tmp_path: Path, *extra: str) -> dict:
+    ckpt = save_checkpoint(get_task(task).untrained_checkpoint("tiny"), tmp_path / f"{task}.pt")
+    args = ["predict", task, *inputs, "-o", str(out), "--checkpoint", str(ckpt), "--device", "cpu", *extra]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "report.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.slow
+def test_a_nifti_written_by_another_tool_comes_back_in_its_own_grid_and_header(tmp_path: Path) -> None:
+    src = nib.load(str(NIBABEL_ANATOMICAL))
+    roles = [f"{r}={NIBABEL_ANATOMICAL}" for r in ("t1", "t1ce", "t2", "flair")]
+    report = _predict("brats", roles, tmp_path / "out", tmp_path, "--explain", "--overlay")
+    (res,) = report["results"]
+    files = {f["role"]: tmp_path / "out" / f["path"] for f in res["files"]}
+    assert set(files) == {"segmentation", "probabilities", "overlay", "result"}
+    for role in ("segmentation", "probabilities"):
+        out = nib.load(str(files[role]))
+        assert out.shape[:3] == src.shape == (33, 41, 25)
+        np.testing.assert_allclose(out.affine, src.affine, atol=1e-5)
+        assert int(out.header["qform_code"]) == int(out.header["sform_code"]) == 2  # the input's codes kept
+    assert res["outputs"]["shape"] == [33, 41, 25]
+    assert res["outputs"]["voxel_volume_ml"] == pytest.approx(0.008)  # 2 mm isotropic
+
+
+@pytest.mark.slow
+def test_pydicoms_vendor_ecg_is_read_and_explained(tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    path = str(get_testdata_file("waveform_ecg.dcm"))
+    report = _predict("ecg", [path], tmp_path / "out", tmp_path, "--explain")
+    (res,) = report["results"]
+    assert res["status"] == "ok"
+    assert res["outputs"]["input_fs"] == 1000.0
+    assert res["outputs"]["input_seconds"] == 10.0
+    assert sum(len(v) for v in res["outputs"]["probabilities"].values()) == 71
+    assert [f["role"] for f in res["files"]].count("explanation") == 3
