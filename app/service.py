@@ -152,14 +152,15 @@ class Service:
         return items, failed
 
     @staticmethod
-    def _links(job_id: str, out_dir: Path, files: list[OutputFile]) -> list[dict[str, Any]]:
-        """The result links of the files an input wrote (from its typed result, never guessed from strings)."""
-        links = []
-        for f in files:
-            path = out_dir / f.path
-            size = path.stat().st_size if path.is_file() else 0
-            links.append({"role": f.role, "name": f.path, "url": file_url(job_id, f.path), "size": size})
-        return links
+    def _link(job_id: str, out_dir: Path, rel: str, role: str | None = None) -> dict[str, Any]:
+        """A result link of one file of a result folder (``rel`` relative to it)."""
+        path = out_dir / rel
+        size = path.stat().st_size if path.is_file() else 0
+        return {"role": role, "name": rel, "url": file_url(job_id, rel), "size": size}
+
+    def _links(self, job_id: str, out_dir: Path, files: list[OutputFile]) -> list[dict[str, Any]]:
+        """The links of the files an input wrote (from its typed result, never guessed from strings)."""
+        return [self._link(job_id, out_dir, f.path, f.role) for f in files]
 
     def file_links(self, job_id: str) -> list[dict[str, Any]]:
         """Every file of a result folder (the inputs' files and the report)."""
@@ -167,11 +168,7 @@ class Service:
         if not out_dir.is_dir():
             return []
         return [
-            {
-                "name": str(p.relative_to(out_dir)),
-                "url": file_url(job_id, str(p.relative_to(out_dir))),
-                "size": p.stat().st_size,
-            }
+            self._link(job_id, out_dir, p.relative_to(out_dir).as_posix())
             for p in sorted(out_dir.rglob("*"))
             if p.is_file()
         ]

@@ -22,6 +22,7 @@ from pipelines.common.task import (
 )
 from pipelines.ecg.config import MODEL_NAME, SAMPLING_RATE, EcgConfig, EcgOptions, EcgTrainOptions
 from pipelines.ecg.readers import ARRAY_SUFFIXES, DICOM_SUFFIXES
+from pipelines.ecg.train import EcgRun
 
 __all__ = ["EcgTask"]
 
@@ -53,11 +54,7 @@ class EcgTask(Task):
     train_options_model = EcgTrainOptions
     config_class = EcgConfig
 
-    @property
-    def run_class(self) -> type:  # type: ignore[override]
-        from pipelines.ecg.train import EcgRun
-
-        return EcgRun
+    run_class = EcgRun
 
     @property
     def contract(self) -> InputContract:
