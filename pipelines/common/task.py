@@ -20,7 +20,7 @@ import importlib
 import importlib.util
 import pkgutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
@@ -449,8 +449,3 @@ def expand_paths(inputs: Sequence[str]) -> list[Path]:
         else:
             out.append(Path(raw).expanduser())
     return out
-
-
-def with_explain(items: Sequence[InputItem], explain: bool) -> list[InputItem]:
-    """Items switched to explanation (per request)."""
-    return [replace(it, explain=True) for it in items] if explain else list(items)
