@@ -30,8 +30,11 @@ __all__ = [
     "ClassificationPredictor",
     "Head",
     "activate",
+    "balanced_class_weights",
+    "evaluate_multiclass",
     "evaluate_multilabel",
     "head_thresholds",
+    "multiclass_summary",
     "multilabel_summary",
     "split_batch",
 ]
@@ -118,6 +121,24 @@ class Head:
         return values, (probs >= np.asarray(self.thresholds)).astype(int).tolist()
 
 
+def balanced_class_weights(counts: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Cost-sensitive class weights w_c = N / (C · n_c) (sklearn's "balanced"); 0 for a class without samples.
+
+    Args:
+        counts: (C,) samples per class.
+
+    Raises:
+        ValueError: negative counts or no samples at all.
+    """
+    n = np.asarray(counts, dtype=np.float64)
+    if n.ndim != 1 or (n < 0).any() or n.sum() == 0:
+        raise ValueError(f"counts must be non-negative per-class sample counts with a positive total, got {n.tolist()}")
+    weights = np.zeros_like(n)
+    present = n > 0
+    weights[present] = n.sum() / (len(n) * n[present])
+    return weights
+
+
 def split_batch(value: Any, i: int) -> Any:
     """Item ``i`` of a batch-major array, or of every array in a (nested) mapping."""
     if isinstance(value, Mapping):
@@ -148,7 +169,10 @@ class ClassificationPredictor(Predictor[OptionsT], abc.ABC):
     # -- what a classifier supplies ------------------------------------------------------------------------------
     @abc.abstractmethod
     def read(self, item: InputItem, options: OptionsT) -> tuple[np.ndarray, dict[str, Any]]:
-        """One input → its preprocessed array and context facts for the result (raises ``InputError``)."""
+        """One input → its preprocessed array and context facts for the result (raises ``InputError``).
+
+        Context keys starting with ``_`` stay private (an explanation's inputs); the others go into the result.
+        """
 
     @abc.abstractmethod
     def heads_from_checkpoint(self) -> list[Head]:
@@ -189,7 +213,8 @@ class ClassificationPredictor(Predictor[OptionsT], abc.ABC):
         out_dir.mkdir(parents=True, exist_ok=True)
         name = prepared.item.name
         output = ItemOutput({})
-        data: dict[str, Any] = {self.id_field: name, **prepared.context, **self.head_results(raw["probs"])}
+        public = {k: v for k, v in prepared.context.items() if not k.startswith("_")}
+        data: dict[str, Any] = {self.id_field: name, **public, **self.head_results(raw["probs"])}
         json_path = out_dir / f"{name}.json"
         files = [json_path.name]
         if self.wants_explanation(prepared.item):
@@ -311,5 +336,116 @@ def evaluate_multilabel(
         w.writerow([id_column, *labels])
         for rid, row in zip(ids, p, strict=True):
             w.writerow([rid, *(f"{v:.5f}" for v in row)])
+    write_json(summary, out_dir / "summary.json")
+    return summary
+
+
+def multiclass_summary(y: np.ndarray, p: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, macro F1, one-vs-rest macro AUROC, per-class precision/recall/F1 and the
+    confusion matrix (rows true, columns predicted) of single-label predictions.
+
+    Args:
+        y: (N,) true class indices.
+        p: (N, C) probabilities.
+        labels: C class names.
+    """
+    from pipelines.common import metrics as m
+
+    pred = np.asarray(p).argmax(1) if len(p) else np.zeros(0, dtype=np.int64)
+    cm = m.confusion_matrix(y, pred, len(labels))
+    per_class: list[dict[str, Any]] = []
+    f1s: list[float] = []
+    for c, name in enumerate(labels):
+        tp, support, predicted = int(cm[c, c]), int(cm[c].sum()), int(cm[:, c].sum())
+        precision = tp / predicted if predicted else math.nan
+        recall = tp / support if support else math.nan
+        f1 = (
+            2 * precision * recall / (precision + recall)
+            if predicted and support and tp
+            else (0.0 if support else math.nan)
+        )
+        per_class.append({"label": name, "support": support, "precision": precision, "recall": recall, "f1": f1})
+        if math.isfinite(f1):
+            f1s.append(f1)
+    return {
+        "n": len(y),
+        "accuracy": m.accuracy(y, pred),
+        "balanced_accuracy": m.balanced_accuracy(y, pred, len(labels)),
+        "macro_f1": float(np.mean(f1s)) if f1s else math.nan,
+        "macro_auroc": m.multiclass_auroc(y, p) if len(y) else math.nan,
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def evaluate_multiclass(
+    y: np.ndarray,
+    p: np.ndarray,
+    labels: Sequence[str],
+    ids: Sequence[str],
+    out_dir: Path,
+    *,
+    id_column: str,
+    groups: Sequence[str] | None = None,
+    group_name: str = "patient",
+    strata: Mapping[str, Sequence[Any]] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Shared metrics of a single-label classifier, per image, per group and per stratum.
+
+    Writes ``predictions.csv`` (one row per item: true and predicted class, probabilities), ``per_class.csv``
+    and ``confusion_matrix.csv``/``.png`` (item level), and ``summary.json``: ``image`` (item-level
+    :func:`multiclass_summary`), ``<group_name>`` (each group's mean probability, e.g. per patient) and
+    ``by_<stratum>`` (item level within each value, e.g. per magnification).
+
+    Args:
+        y: (N,) true class indices.
+        p: (N, C) probabilities.
+        labels: C class names.
+        ids: N item identifiers.
+        out_dir: output folder.
+        id_column: header of the identifier column of ``predictions.csv``.
+        groups: N group keys (patients); their mean probabilities give the group-level figures.
+        group_name: what a group is.
+        strata: name → N values (magnification → 40, 100...).
+        extra: more summary fields.
+    """
+    from pipelines.common.plots import plot_confusion_matrix
+
+    y = np.asarray(y, dtype=np.int64)
+    p = np.asarray(p, dtype=np.float64)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"labels": list(labels), "image": multiclass_summary(y, p, labels)}
+    if groups is not None:
+        keys_ = sorted(set(groups))
+        index = {g: i for i, g in enumerate(keys_)}
+        g_idx = np.asarray([index[g] for g in groups])
+        g_p = np.stack([p[g_idx == i].mean(0) for i in range(len(keys_))]) if keys_ else np.zeros((0, len(labels)))
+        g_y = np.asarray([np.bincount(y[g_idx == i], minlength=len(labels)).argmax() for i in range(len(keys_))])
+        summary[group_name] = multiclass_summary(g_y, g_p, labels)
+    for name, values in (strata or {}).items():
+        vals = np.asarray(list(values), dtype=object)
+        summary[f"by_{name}"] = {
+            str(v): multiclass_summary(y[vals == v], p[vals == v], labels) for v in sorted(set(vals.tolist()))
+        }
+    summary.update(extra or {})
+    image = summary["image"]
+    with (out_dir / "per_class.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["label", "support", "precision", "recall", "f1"])
+        w.writeheader()
+        w.writerows(image["per_class"])
+    cm = np.asarray(image["confusion_matrix"], dtype=np.int64)
+    with (out_dir / "confusion_matrix.csv").open("w", newline="", encoding="utf-8") as fh:
+        w2 = csv.writer(fh)
+        w2.writerow(["true \\ predicted", *labels])
+        for name, row in zip(labels, cm, strict=True):
+            w2.writerow([name, *row.tolist()])
+    plot_confusion_matrix(cm, labels, out_dir / "confusion_matrix.png", title="image level")
+    with (out_dir / "predictions.csv").open("w", newline="", encoding="utf-8") as fh:
+        w3 = csv.writer(fh)
+        w3.writerow([id_column, "true", "predicted", *labels])
+        for rid, yi, row in zip(ids, y, p, strict=True):
+            w3.writerow([rid, labels[yi], labels[int(row.argmax())], *(f"{v:.5f}" for v in row)])
     write_json(summary, out_dir / "summary.json")
     return summary

@@ -280,3 +280,173 @@ def write_json(obj: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, default=default), encoding="utf-8")
     return path
+
+
+#: how conversion notes name Pillow modes
+_MODE_NAMES = {
+    "1": "bilevel (1)",
+    "L": "grayscale (L)",
+    "LA": "grayscale with alpha (LA)",
+    "La": "grayscale with premultiplied alpha (La)",
+    "P": "palette (P)",
+    "PA": "palette with alpha (PA)",
+    "RGBA": "RGBA",
+    "RGBa": "premultiplied RGBA (RGBa)",
+    "RGBX": "RGBX",
+    "CMYK": "CMYK",
+    "YCbCr": "YCbCr",
+    "LAB": "CIELAB (LAB)",
+    "HSV": "HSV",
+}
+#: Pillow's single-channel modes with more than 8 bits, scaled to 0..255 by their range
+_WIDE_GRAY_NAMES = {"I": "32-bit integer", "F": "32-bit float"}
+#: what Pillow raises for truncated or corrupt pixel data (zlib.error and struct.error are plain Exceptions)
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (OSError, SyntaxError, ValueError, EOFError, zlib.error)
+
+
+def read_rgb_image(
+    path: str | Path, *, max_pixels: int = 100_000_000, min_side: int = 16
+) -> tuple[np.ndarray, list[str]]:
+    """Read a 2D image (PNG, JPEG, TIFF, BMP... whatever Pillow opens) as 8-bit RGB.
+
+    The size is checked from the header before any pixel is decoded, and the pixels are decoded once.
+    Conversions: grayscale, palette, CMYK, YCbCr... → RGB; transparency (alpha channel, palette or tRNS
+    transparency) is composited on white; 16-bit, 32-bit integer and float grayscale are scaled linearly
+    from their range ``[min, max]`` to ``0..255`` (a constant image becomes zeros); a multi-frame file
+    (TIFF pages, GIF frames) gives its first frame. Every conversion is reported as a note. The EXIF
+    orientation is not applied: the array is in stored pixel order.
+
+    Args:
+        path: the image file.
+        max_pixels: refuse images whose header claims more pixels than this. Pillow's own limit
+            (``2 × PIL.Image.MAX_IMAGE_PIXELS``) still applies above it.
+        min_side: refuse images with a side shorter than this many pixels.
+
+    Returns:
+        ``(array, notes)``: the pixels as a writable ``(H, W, 3)`` uint8 array and human-readable notes on
+        the conversions made (empty for a plain 8-bit RGB image).
+
+    Raises:
+        InputError: missing, empty, not an image, too large, too small, truncated or corrupt, holding NaN
+            or infinite values, or in a mode that cannot be converted to RGB.
+        ValueError: if ``max_pixels`` or ``min_side`` is not positive.
+    """
+    import re
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+    if min_side < 1:
+        raise ValueError(f"min_side must be positive, got {min_side}")
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "does not exist")
+    if p.is_dir():
+        raise InputError(p, "is a folder; an image file is required")
+    if p.stat().st_size == 0:
+        raise InputError(p, "is empty (0 bytes)")
+
+    # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; the size is judged here against
+    # max_pixels instead, so its warning is silenced and its error reworded (never a warning to the user).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(p)
+        except Image.DecompressionBombError as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            claimed = f"{int(found.group(1)):,} pixels" if found else "more pixels than Pillow accepts"
+            limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))
+            raise InputError(p, f"header claims {claimed}, more than the limit {limit:,}; not decoded") from exc
+        except UnidentifiedImageError as exc:
+            raise InputError(p, "is not an image Pillow can read (unknown format or corrupt header)") from exc
+        except _DECODE_ERRORS as exc:
+            raise InputError(p, f"image header cannot be read ({type(exc).__name__}: {exc})") from exc
+        with im:
+            return _decode_rgb(im, p, max_pixels, min_side)
+
+
+def _decode_rgb(im: Any, p: Path, max_pixels: int, min_side: int) -> tuple[np.ndarray, list[str]]:
+    """Check the header of an opened (not yet decoded) Pillow image, decode it once and convert it to RGB."""
+    from PIL import Image
+
+    width, height = im.size
+    pixels = int(width) * int(height)
+    if pixels > max_pixels:
+        raise InputError(
+            p, f"header claims {width}×{height} = {pixels:,} pixels, more than the limit {max_pixels:,}; not decoded"
+        )
+    if min(width, height) < min_side:
+        raise InputError(p, f"is {width}×{height} pixels; at least {min_side} pixels on each side are required")
+
+    notes: list[str] = []
+    fmt = im.format or "image"
+    try:
+        n_frames = int(getattr(im, "n_frames", 1))  # TIFF/GIF count frames from their headers, not their pixels
+    except _DECODE_ERRORS as exc:
+        raise InputError(p, f"frame table cannot be read; the file is truncated or corrupt ({exc})") from exc
+    if n_frames > 1:
+        im.seek(0)
+        notes.append(f"multi-frame {fmt}: first of {n_frames} frames used")
+    try:
+        im.load()
+    except Image.DecompressionBombError as exc:  # a later frame or tile larger than the header said
+        raise InputError(p, f"pixel data is larger than its header claims ({exc})") from exc
+    except _DECODE_ERRORS as exc:
+        raise InputError(p, f"pixel data cannot be decoded; the file is truncated or corrupt ({exc})") from exc
+
+    mode = im.mode
+    if mode == "RGB" and not im.has_transparency_data:
+        return np.array(im, dtype=np.uint8), notes
+    if mode in _WIDE_GRAY_NAMES or mode.startswith("I;16"):
+        return _scale_gray(im, p, notes), notes
+
+    try:
+        if im.has_transparency_data:
+            rgba = im if mode == "RGBA" else im.convert("RGBA")
+            if mode not in ("RGBA", "RGB"):
+                notes.append(f"converted from {_MODE_NAMES.get(mode, mode)} to RGB")
+            if rgba.getextrema()[3][0] == 255:
+                notes.append("alpha channel dropped (fully opaque)")
+                rgb = rgba.convert("RGB")
+            else:
+                notes.append("alpha channel dropped (composited on white)")
+                rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+                rgb.paste(rgba, (0, 0), rgba)  # blends by the alpha channel: image·α + white·(1 − α)
+            del rgba
+        else:
+            rgb = im.convert("RGB")
+            notes.append(f"converted from {_MODE_NAMES.get(mode, mode)} to RGB")
+    except ValueError as exc:  # Pillow has no conversion for this mode
+        raise InputError(p, f"has pixel mode {mode}, which cannot be converted to RGB ({exc})") from exc
+    im.close()  # drop the decoded pixels before exporting the converted ones
+    with rgb:
+        return np.array(rgb, dtype=np.uint8), notes
+
+
+def _scale_gray(im: Any, p: Path, notes: list[str]) -> np.ndarray:
+    """A >8-bit single-channel image scaled linearly from its ``[min, max]`` to ``0..255``, as (H, W, 3) uint8."""
+    mode = im.mode
+    try:
+        values = np.asarray(im)
+    except (TypeError, ValueError) as exc:
+        raise InputError(p, f"has pixel mode {mode}, which cannot be converted to an array ({exc})") from exc
+    if values.ndim != 2 or values.dtype.kind not in "uif":
+        raise InputError(p, f"has pixel mode {mode} ({values.dtype}, shape {values.shape}); cannot convert to RGB")
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise InputError(p, f"{_WIDE_GRAY_NAMES.get(mode, mode)} image ({mode}) contains NaN or infinite values")
+    lo, hi = float(values.min()), float(values.max())
+    name = _WIDE_GRAY_NAMES.get(mode, "16-bit")
+    out = np.zeros((*values.shape, 3), dtype=np.uint8)
+    if hi > lo:
+        scaled = values.astype(np.float32)  # float32: no integer overflow in (x − min) for full-range int32
+        del values
+        scaled -= lo
+        scaled *= 255.0 / (hi - lo)
+        np.rint(scaled, out=scaled)
+        out[...] = scaled[..., None]
+        notes.append(f"{name} grayscale ({mode}) scaled to 8 bits by its range [{lo:g}, {hi:g}]; converted to RGB")
+    else:
+        notes.append(f"{name} grayscale ({mode}) is constant ({lo:g}); converted to zeros in RGB")
+    return out

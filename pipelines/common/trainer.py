@@ -39,7 +39,7 @@ from pipelines.common.synthetic import is_synthetic
 if TYPE_CHECKING:
     from pipelines.common.task import Task, TrainOptions
 
-__all__ = ["CardText", "Stage", "TrainingRun", "to_device"]
+__all__ = ["CardText", "Stage", "TrainingRun", "recalibrate_batchnorm", "split_indices", "to_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +183,10 @@ class TrainingRun(abc.ABC, Generic[ConfigT]):
         """The checkpoint's preprocessing record."""
         return {}
 
+    def heads(self) -> dict[str, list[str]]:
+        """The output heads this run's model has, with their labels (default: every head of the contract)."""
+        return {h.name: list(h.labels) for h in self.task.contract.heads}
+
     def checkpoint_extra(self) -> dict[str, Any]:
         """Method-specific data stored in the checkpoint (thresholds, prototype sources...)."""
         return {}
@@ -278,8 +282,8 @@ class TrainingRun(abc.ABC, Generic[ConfigT]):
         if extra is None:
             extra = {"synthetic": self.synthetic, "train_options": self.task_options.model_dump(mode="json"),
                      **self.checkpoint_extra()}  # fmt: skip
-        heads = {h.name: list(h.labels) for h in self.task.contract.heads}
-        labels = [label for h in self.task.contract.heads for label in h.labels]
+        heads = self.heads()
+        labels = [label for names in heads.values() for label in names]
         return Checkpoint(
             task=self.task.name,
             model_name=self.model_name,
@@ -358,6 +362,49 @@ class TrainingRun(abc.ABC, Generic[ConfigT]):
             provenance=self.provenance,
             synthetic=self.synthetic,
         )
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], max_batches: int) -> int:
+    """Recompute the running statistics of the trainable batch-norm layers on training batches ("precise BN").
+
+    Running averages with a small momentum lag behind weights that change quickly (short runs, high learning
+    rates), so eval-mode outputs can collapse while train-mode ones are right. Here each trainable batch-norm
+    layer gets the plain average over up to ``max_batches`` batches of its input statistics, with everything
+    else in eval mode (no dropout, no stochastic depth), i.e. exactly as inference sees them. Frozen layers keep
+    their statistics. The model is left in eval mode.
+
+    Args:
+        model: the network.
+        batches: input tensors (B, ...) already on the model's device.
+        max_batches: the most batches used (0: nothing is done).
+
+    Returns:
+        The number of batches used.
+    """
+    norms = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and any(p.requires_grad for p in m.parameters())
+    ]
+    model.eval()
+    if not norms or max_batches <= 0:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+        m.train()
+    used = 0
+    for x in batches:
+        if used >= max_batches:
+            break
+        model(x)
+        used += 1
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+        m.eval()
+    return used
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

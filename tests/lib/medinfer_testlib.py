@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import torch
 
 
@@ -35,3 +38,10 @@ def torchvision_resnet18_state(prefix: str = "", seed: int = 0, batches: bool = 
     state["fc.weight"] = torch.randn(1000, 512, generator=gen)
     state["fc.bias"] = torch.randn(1000, generator=gen)
     return {prefix + k: v for k, v in state.items()}
+
+
+def patch_png_size(png: bytes, width: int, height: int) -> bytes:
+    """The PNG with its IHDR width and height replaced (and the chunk's CRC recomputed); pixel data unchanged."""
+    assert png[12:16] == b"IHDR"
+    data = struct.pack(">II", width, height) + png[24:29]
+    return png[:8] + png[8:12] + b"IHDR" + data + struct.pack(">I", zlib.crc32(b"IHDR" + data)) + png[33:]
