@@ -109,7 +109,16 @@ async def load(base: str, task: str, files: Any, clients: int, duration: float) 
     }
 
 
-def serve(task: str, checkpoints: Path, data_dir: Path, max_batch: int, delay_ms: float, queue: int, log: Path):
+def serve(
+    task: str,
+    checkpoints: Path,
+    data_dir: Path,
+    max_batch: int,
+    delay_ms: float,
+    queue: int,
+    log: Path,
+    device: str = "cpu",
+):
     port = free_port()
     env = {
         **os.environ,
@@ -120,7 +129,7 @@ def serve(task: str, checkpoints: Path, data_dir: Path, max_batch: int, delay_ms
     }
     env.pop("MEDINFER_API_KEYS", None)
     cmd = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--checkpoints", str(checkpoints), "--data-dir", str(data_dir), "--device", "cpu"]
+    cmd += ["--checkpoints", str(checkpoints), "--data-dir", str(data_dir), "--device", device]
     proc = subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

@@ -72,3 +72,12 @@ def brats_random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     ckpt = get_task("brats").untrained_checkpoint("tiny")
     return save_checkpoint(ckpt, tmp_path_factory.mktemp("brats_random") / "random.pt")
+
+
+@pytest.fixture(scope="session")
+def breakhis_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic BreaKHis tree: four patients per subtype (two train, one validation, one test in the tiny
+    preset's patient-wise split), two images per magnification: 256 images."""
+    from pipelines.common.task import get_task
+
+    return get_task("breakhis").synth(tmp_path_factory.mktemp("breakhis") / "data", n=4, seed=0)

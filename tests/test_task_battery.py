@@ -149,8 +149,10 @@ def test_declarations(setup: Setup) -> None:
     assert contract.channels
     assert contract.heads
     ckpt = load_checkpoint(setup.checkpoint, task=task.name)
-    assert ckpt.heads == {h.name: list(h.labels) for h in contract.heads}
-    assert ckpt.labels == [label for h in contract.heads for label in h.labels]
+    declared = {h.name: list(h.labels) for h in contract.heads}
+    assert ckpt.heads, "a checkpoint names its heads"
+    assert all(declared.get(name) == labels for name, labels in ckpt.heads.items()), ckpt.heads
+    assert ckpt.labels == [label for labels in ckpt.heads.values() for label in labels]
     assert ckpt.extra.get("untrained") is True
     assert ckpt.synthetic_demo
     defaults = task.parse_options({})
@@ -189,7 +191,10 @@ def test_collect_and_predict_through_the_cli(setup: Setup, tmp_path: Path) -> No
 def test_predict_through_the_service(setup: Setup, client: TestClient) -> None:
     name = setup.task.name
     info = client.get(f"/api/v1/models/{name}").json()
-    assert [h["name"] for h in info["heads"]] == [h.name for h in setup.task.contract.heads]
+    ckpt_heads = load_checkpoint(setup.checkpoint).heads
+    assert {h["name"]: h["labels"] for h in info["heads"]} == ckpt_heads  # the checkpoint's, as declared
+    declared = {h.name: h.activation for h in setup.task.contract.heads}
+    assert all(h["activation"] == declared[h["name"]] for h in info["heads"])
     assert info["options_schema"] == setup.task.options_model.model_json_schema()
     assert info["synthetic_demo"] is True
     r = client.post(f"/api/v1/models/{name}/explain", files=upload(setup.inputs[0]))

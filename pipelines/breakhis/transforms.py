@@ -1,0 +1,159 @@
+"""MONAI 2D dictionary transforms of ``breakhis``, shared by training, evaluation, the CLI and the service.
+
+Prediction and evaluation: RGB uint8 (H, W, 3) → optional Macenko stain normalisation (MONAI's
+``NormalizeHEStains``) → float (3, H, W) in [0, 1] → resize to ``image_size``² → ImageNet normalisation.
+Training inserts the augmentation preset between the resize and the normalisation:
+
+- ``regular``: flips on both axes, rotations within ±15°;
+- ``intensive``: also 90° rotations, zoom 0.85–1.15, shift ±10 %, shear ±0.1, H&E colour jitter (per-channel
+  scale and shift, contrast), Gaussian blur and noise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import (
+    Compose,
+    MapTransform,
+    NormalizeIntensityd,
+    RandAdjustContrastd,
+    RandAffined,
+    RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandRotate90d,
+    RandRotated,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    RandZoomd,
+    Resized,
+)
+
+from pipelines.breakhis.config import BreakhisConfig
+from pipelines.common import keys
+from pipelines.common.io import read_rgb_image
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "RGBToTensord",
+    "ReadImaged",
+    "augmentations",
+    "eval_transforms",
+    "predict_transforms",
+    "train_transforms",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NOTES = "notes"
+
+
+class ReadImaged(MapTransform):
+    """``data["image"]``: a path → RGB uint8 (H, W, 3); conversion notes under ``data["notes"]``."""
+
+    def __init__(self, key: str = keys.IMAGE) -> None:
+        super().__init__(keys=[key])
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key], notes = read_rgb_image(Path(d[key]))
+            d[NOTES] = [*d.get(NOTES, []), *notes]
+        return d
+
+
+class RGBToTensord(MapTransform):
+    """RGB uint8 (H, W, 3) → float32 (3, H, W) in [0, 1], after Macenko stain normalisation when asked.
+
+    Normalisation fails on images without enough stained tissue; those keep their colours and get a note.
+    """
+
+    def __init__(self, key: str = keys.IMAGE, stain_normalization: bool = False) -> None:
+        super().__init__(keys=[key])
+        self.stain = None
+        if stain_normalization:
+            from monai.apps.pathology.transforms import NormalizeHEStains
+
+            self.stain = NormalizeHEStains()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            rgb = np.asarray(d[key])
+            if self.stain is not None:
+                try:
+                    rgb = np.asarray(self.stain(rgb), dtype=np.uint8)
+                except ValueError as exc:  # no tissue above the absorbance threshold
+                    d[NOTES] = [*d.get(NOTES, []), f"stain normalisation skipped ({exc})"]
+            d[key] = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / 255.0)
+        return d
+
+
+def _resize(cfg: BreakhisConfig) -> Resized:
+    return Resized(keys=keys.IMAGE, spatial_size=(cfg.image_size, cfg.image_size), mode="area")
+
+
+def _normalize() -> NormalizeIntensityd:
+    return NormalizeIntensityd(
+        keys=keys.IMAGE, subtrahend=np.asarray(IMAGENET_MEAN), divisor=np.asarray(IMAGENET_STD), channel_wise=True
+    )
+
+
+def predict_transforms(cfg: BreakhisConfig) -> Compose:
+    """RGB uint8 array → the network's input (3, S, S): stain normalisation, resize, ImageNet normalisation."""
+    return Compose([RGBToTensord(stain_normalization=cfg.stain_normalization), _resize(cfg), _normalize()])
+
+
+def eval_transforms(cfg: BreakhisConfig) -> Compose:
+    """A path → the network's input (validation, evaluation)."""
+    return Compose([ReadImaged(), predict_transforms(cfg)])
+
+
+def augmentations(preset: str) -> list[Any]:
+    """The random transforms of an augmentation preset (on (3, S, S) images in [0, 1])."""
+    k = keys.IMAGE
+    small_rotation = math.radians(15)
+    regular: list[Any] = [
+        RandFlipd(keys=k, prob=0.5, spatial_axis=0),
+        RandFlipd(keys=k, prob=0.5, spatial_axis=1),
+        RandRotated(keys=k, range_x=small_rotation, prob=0.5, padding_mode="reflection"),
+    ]
+    if preset == "regular":
+        return regular
+    if preset != "intensive":
+        raise ValueError(f"augmentation must be regular or intensive, got {preset!r}")
+    return [
+        *regular,
+        RandRotate90d(keys=k, prob=0.5, spatial_axes=(0, 1)),
+        RandZoomd(keys=k, prob=0.3, min_zoom=0.85, max_zoom=1.15, padding_mode="reflect"),
+        RandAffined(keys=k, prob=0.3, translate_range=(0.1, 0.1), shear_range=(0.1, 0.1), padding_mode="reflection"),
+        # H&E colour jitter: each stain channel scaled and shifted on its own, contrast varied
+        RandScaleIntensityd(keys=k, factors=0.1, prob=0.8, channel_wise=True),
+        RandShiftIntensityd(keys=k, offsets=0.05, prob=0.8, channel_wise=True),
+        RandAdjustContrastd(keys=k, prob=0.3, gamma=(0.8, 1.25)),
+        RandGaussianSmoothd(keys=k, prob=0.2, sigma_x=(0.25, 1.0), sigma_y=(0.25, 1.0)),
+        RandGaussianNoised(keys=k, prob=0.2, std=0.02),
+    ]
+
+
+def train_transforms(cfg: BreakhisConfig) -> Compose:
+    """A path → an augmented network input (the deterministic reading and resizing come first, for caching)."""
+    return Compose(
+        [
+            ReadImaged(),
+            RGBToTensord(stain_normalization=cfg.stain_normalization),
+            _resize(cfg),
+            *augmentations(cfg.augmentation),
+            _normalize(),
+        ]
+    )
