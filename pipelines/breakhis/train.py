@@ -24,7 +24,7 @@ from pipelines.breakhis.config import BreakhisConfig, BreakhisTrainOptions
 from pipelines.breakhis.datasets import ImageRecord, class_counts, discover_images, split_images, split_patients
 from pipelines.breakhis.transforms import eval_transforms, train_transforms
 from pipelines.common import keys
-from pipelines.common.checkpoint import BEST_NAME, load_checkpoint
+from pipelines.common.checkpoint import BEST_NAME, load_checkpoint, read_state_dict
 from pipelines.common.classification import activate, balanced_class_weights
 from pipelines.common.metrics import accuracy, balanced_accuracy
 from pipelines.common.trainer import CardText, Stage, TrainingRun, recalibrate_batchnorm
@@ -153,14 +153,7 @@ class BreakhisRun(TrainingRun[BreakhisConfig]):
             self.start = {"transfer_from": source.path.name if source.path else "", "source_version": source.version}
         elif opts.init_weights is not None:
             path = opts.init_weights.expanduser()
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # torch raises many types for a file that is not a state dict
-                raise ValueError(f"{path}: not a readable state dict ({type(exc).__name__})") from exc
-            if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-                state = state["state_dict"]
-            if not isinstance(state, dict):
-                raise ValueError(f"{path}: not a state dict (got {type(state).__name__})")
+            state = read_state_dict(path)
             try:
                 report = load_trunk_weights(model, state)
             except ValueError as exc:

@@ -40,6 +40,7 @@ __all__ = [
     "installed_checkpoint",
     "load_checkpoint",
     "make_provenance",
+    "read_state_dict",
     "resolve_checkpoint_path",
     "save_checkpoint",
 ]
@@ -184,6 +185,26 @@ def load_checkpoint(path: str | Path, task: str | None = None) -> Checkpoint:
         format_version=raw["format_version"],
         path=file,
     )
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A local state dict (weights a user brings, e.g. ImageNet), read with ``weights_only=True``.
+
+    A training script's wrapper ``{"state_dict": {...}}`` is unwrapped.
+
+    Raises:
+        ValueError: the file is missing, not a torch file, or not a mapping of tensors (the message names it).
+    """
+    p = Path(path).expanduser()
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a file that is not a state dict
+        raise ValueError(f"{p}: not a readable state dict ({type(exc).__name__})") from exc
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{p}: not a state dict of tensors (got {type(state).__name__})")
+    return dict(state)
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:

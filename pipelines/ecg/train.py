@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from models import create_model
 from models.protoecgnet import BRANCH_NAMES, LEADS, PTBXL_LABELS, ProtoECGNet, load_resnet18_2d
-from pipelines.common.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
+from pipelines.common.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, read_state_dict
 from pipelines.common.classification import activate, multilabel_summary
 from pipelines.common.metrics import best_thresholds, macro_auroc
 from pipelines.common.trainer import CardText, Stage, TrainingRun
@@ -102,14 +102,7 @@ class EcgRun(TrainingRun[EcgConfig]):
         model: ProtoECGNet = create_model(MODEL_NAME, **self.config.model_kwargs)  # type: ignore[assignment]
         if self.train_options.init_weights is not None:
             path = self.train_options.init_weights.expanduser()
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # torch raises many types for a file that is not a state dict
-                raise ValueError(f"{path}: not a readable state dict ({type(exc).__name__})") from exc
-            if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-                state = state["state_dict"]
-            if not isinstance(state, dict):
-                raise ValueError(f"{path}: not a state dict (got {type(state).__name__})")
+            state = read_state_dict(path)
             try:
                 report = load_resnet18_2d(model, state)
             except ValueError as exc:

@@ -218,3 +218,25 @@ def test_file_names_drive_discovery(breakhis_data: Path) -> None:
     records = discover_images(breakhis_data, magnifications=[400])
     assert len(records) == 8 * 4 * 2
     assert {r.magnification for r in records} == {400}
+
+
+def test_init_weights_load_a_local_efficientnet_into_the_trunk(tmp_path: Path) -> None:
+    from models.efficientnet import BreakHisNet
+
+    imagenet = BreakHisNet("efficientnet-b0", num_classes=2)  # stands in for a user's ImageNet B0
+    state = {k.removeprefix("trunk."): v for k, v in imagenet.state_dict().items() if k.startswith("trunk.")}
+    state["_fc.weight"], state["_fc.bias"] = torch.zeros(1000, 1280), torch.zeros(1000)  # its 1000-class head
+    weights = tmp_path / "b0_imagenet.pth"
+    torch.save(state, weights)
+    config = BreakhisConfig.load("tiny")
+    opts = TrainOptions(tmp_path, tmp_path / "run", task=BreakhisTrainOptions(init_weights=weights))
+    run = BreakhisRun(TASK, config, opts)
+    model = run.build_model()
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[f"trunk.{k}"], v) for k, v in state.items() if not k.startswith("_fc."))
+    assert run.start == {"init_weights": "b0_imagenet.pth", "tensors_loaded": len(imagenet.trunk.state_dict())}
+    b1 = BreakhisConfig.load("tiny", overrides={"variant": "efficientnet-b1"})
+    with pytest.raises(ValueError, match=r"b0_imagenet\.pth: .*efficientnet-b1"):
+        BreakhisRun(TASK, b1, opts).build_model()
+    with pytest.raises(ValueError, match="transfer_from or init_weights"):
+        BreakhisTrainOptions(init_weights=weights, transfer_from=weights)
