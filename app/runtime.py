@@ -24,9 +24,10 @@ from app.settings import Settings
 from app.uploads import scrub
 from pipelines.common.checkpoint import Checkpoint, installed_checkpoint, load_checkpoint
 from pipelines.common.config import TaskOptions
+from pipelines.common.device import resolve_device
 from pipelines.common.errors import InputError
 from pipelines.common.predict import ItemResult
-from pipelines.common.task import InputItem, PredictOptions, Predictor, Prepared, Task, get_task, resolve_device
+from pipelines.common.task import InputItem, PredictOptions, Predictor, Prepared, Task, get_task
 
 logger = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from pipelines.brats.datasets import discover_cases
 from pipelines.brats.losses import DeepSupervisionLoss, Head, levels_to_regions, mask_outside_brain
 from pipelines.brats.transforms import MODALITIES, eval_transforms, train_transforms
 from pipelines.common import keys
+from pipelines.common.device import autocast
 from pipelines.common.trainer import BEST_NAME, CardText, Stage, TrainingRun, split_indices, take
 
 logger = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ class BratsRun(TrainingRun[BratsConfig]):
         for i in range(len(self.val_ds)):
             item = self.val_ds[i]
             image = torch.as_tensor(item[keys.IMAGE])[None].to(self.device)
-            with self.autocast():
+            with autocast(self.device, self.amp):
                 logits = self.inferer(image, self.model)
             assert isinstance(logits, torch.Tensor)  # the network returns one tensor outside training
             levels = mask_outside_brain(self.head.decode(self.head.maps(logits.float())), image)
@@ -155,11 +156,6 @@ class BratsRun(TrainingRun[BratsConfig]):
         out = {f"dice_{r}": float(mean[i]) for i, r in enumerate(REGIONS)}
         out["dice_mean"] = float(mean.mean())
         return out
-
-    def autocast(self) -> Any:
-        from pipelines.common.device import autocast
-
-        return autocast(self.device, self.amp)
 
     def preprocessing(self) -> dict[str, Any]:
         return preprocessing_record(self.config)
