@@ -5,9 +5,6 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-import stat
-import zipfile
-import zlib
 from pathlib import Path, PurePosixPath
 
 from fastapi import Request
@@ -15,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import ServiceError, error_json
+from pipelines.common import archives
 
 logger = logging.getLogger(__name__)
 
@@ -107,11 +105,7 @@ def is_zip(path: Path) -> bool:
 
 
 def safe_extract_zip(archive: Path, dest: Path, *, max_total_bytes: int, max_members: int, label: str) -> Path:
-    """Extract a zip archive refusing anything that could escape ``dest`` or exhaust the disk.
-
-    Refused: absolute member paths, ``..`` components, drive letters, symbolic links and other special
-    files, more than ``max_members`` members, and more than ``max_total_bytes`` unpacked (counted while
-    writing, so a lying header cannot get past the bound).
+    """Extract an uploaded zip archive safely (see :func:`pipelines.common.archives.safe_extract_zip`).
 
     Args:
         archive: the zip file.
@@ -127,48 +121,8 @@ def safe_extract_zip(archive: Path, dest: Path, *, max_total_bytes: int, max_mem
         ServiceError: 400 for an unsafe or corrupt archive, 413 for one too large.
     """
     try:
-        zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ServiceError(400, f"{label}: not a readable zip archive ({exc})") from exc
-    with zf:
-        members = zf.infolist()
-        if len(members) > max_members:
-            raise ServiceError(413, f"{label}: archive has {len(members)} members; the limit is {max_members}")
-        if not members:
-            raise ServiceError(400, f"{label}: archive is empty")
-        declared = sum(m.file_size for m in members)
-        if declared > max_total_bytes:
-            raise ServiceError(
-                413, f"{label}: archive unpacks to {declared} bytes; the limit is {max_total_bytes} bytes"
-            )
-        root = dest.resolve()
-        total = 0
-        for member in members:
-            name = member.filename.replace("\\", "/")
-            parts = PurePosixPath(name).parts
-            if name.startswith("/") or (parts and re.fullmatch(r"[A-Za-z]:", parts[0])) or ".." in parts:
-                raise ServiceError(400, f"{label}: archive member {name!r} has an unsafe path")
-            kind = stat.S_IFMT(member.external_attr >> 16)  # 0 when the archiver wrote no Unix mode
-            if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
-                raise ServiceError(400, f"{label}: archive member {name!r} is a link or special file")
-            target = (root / name).resolve()
-            if target != root and root not in target.parents:
-                raise ServiceError(400, f"{label}: archive member {name!r} has an unsafe path")
-            if member.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with zf.open(member) as src, target.open("wb") as out:
-                    while chunk := src.read(1 << 20):
-                        total += len(chunk)
-                        if total > max_total_bytes:
-                            raise ServiceError(
-                                413, f"{label}: archive unpacks to more than the limit of {max_total_bytes} bytes"
-                            )
-                        out.write(chunk)
-            except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, EOFError) as exc:
-                raise ServiceError(400, f"{label}: archive member {name!r} cannot be read ({exc})") from exc
-            except (NotImplementedError, RuntimeError) as exc:  # unsupported compression, encrypted members
-                raise ServiceError(400, f"{label}: archive member {name!r} cannot be read ({exc})") from exc
-    return dest
+        return archives.safe_extract_zip(
+            archive, dest, max_total_bytes=max_total_bytes, max_members=max_members, label=label
+        )
+    except archives.ArchiveError as exc:
+        raise ServiceError(exc.status, str(exc)) from exc

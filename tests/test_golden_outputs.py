@@ -218,6 +218,21 @@ def summarise(path: Path) -> dict[str, Any]:
             out["sums"] = flat.astype(np.float64).sum(0).tolist()
             out["samples"] = flat[np.sort(picks)].astype(np.float64).tolist()
         return out
+    if name.endswith(".dcm"):  # a DICOM SEG: what it says and references (its own UIDs are new every time)
+        import pydicom
+
+        ds = pydicom.dcmread(path)
+        return {
+            "kind": "dicom_seg",
+            "sop_class": str(ds.SOPClassUID),
+            "referenced_series": str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID),
+            "frame_of_reference": str(ds.FrameOfReferenceUID),
+            "segments": [
+                [d.SegmentLabel, d.SegmentedPropertyTypeCodeSequence[0].CodeValue] for d in ds.SegmentSequence
+            ],
+            "frames": int(ds.NumberOfFrames),
+            "sha256": _sha(ds.pixel_array),
+        }
     raise AssertionError(f"unexpected output file {name}")
 
 

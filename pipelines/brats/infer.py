@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydicom.sr.coding import Code
 
 from models.nested_unet import BRATS_REGIONS as REGIONS
 from pipelines.brats.config import BratsConfig, BratsOptions
@@ -23,12 +24,26 @@ from pipelines.brats.transforms import (
     read_case,
     stack_case,
 )
+from pipelines.common.dicom import SegmentCode
 from pipelines.common.segmentation import SegmentationPredictor, VolumeCase
 from pipelines.common.task import InputItem, Prepared
 
 #: level → colour (edema, necrosis/non-enhancing, enhancing)
 LEVEL_COLORS = {1: "#1f77b4", 2: "#2ca02c", 3: "#d62728"}
 LEVEL_NAMES = ("background", "edema", "necrosis_non_enhancing", "enhancing")
+
+#: DICOM SEG descriptions of the regions. Category: SCT 49755003 "Morphologically Abnormal Structure" (CID 7150).
+#: Types (SNOMED CT morphologic abnormalities): WT is the whole abnormal region, tumour and peritumoural edema,
+#: hence "Lesion" (52988006) rather than a neoplasm code; TC is the tumour bulk (necrotic, non-enhancing and
+#: enhancing tumour), "Neoplasm" (108369006); ET is its contrast-enhancing part, also "Neoplasm": SNOMED CT has
+#: no concept for an enhancing part of a tumour in DICOM's segmentation context groups, so the label tells it
+#: apart from TC.
+_ABNORMAL = Code("49755003", "SCT", "Morphologically Abnormal Structure")
+SEGMENT_CODES = {
+    REGIONS[0]: SegmentCode("Whole tumor (WT)", _ABNORMAL, Code("52988006", "SCT", "Lesion")),
+    REGIONS[1]: SegmentCode("Tumor core (TC)", _ABNORMAL, Code("108369006", "SCT", "Neoplasm")),
+    REGIONS[2]: SegmentCode("Enhancing tumor (ET)", _ABNORMAL, Code("108369006", "SCT", "Neoplasm")),
+}
 
 
 class BratsPredictor(SegmentationPredictor[BratsOptions]):
@@ -76,6 +91,9 @@ class BratsPredictor(SegmentationPredictor[BratsOptions]):
         _, ed, _ncr, et = LEVEL_TO_LABEL[prepared.context["convention"]]
         wt = labels > 0
         return {REGIONS[0]: wt, REGIONS[1]: wt & (labels != ed), REGIONS[2]: labels == et}
+
+    def segment_codes(self) -> dict[str, SegmentCode]:
+        return dict(SEGMENT_CODES)
 
     def probabilities(self, maps: np.ndarray, prepared: Prepared) -> np.ndarray:
         return self.head.region_probabilities(torch.from_numpy(maps)[None])[0].numpy()

@@ -16,6 +16,7 @@ import numpy as np
 from scipy.ndimage import zoom
 
 from pipelines.brats.transforms import NAMING_2018, NAMING_2023
+from pipelines.common.dicom import write_dicom_series
 
 #: mean intensity per tissue (background, brain, edema, necrosis, enhancing) and modality
 CONTRAST = {
@@ -112,48 +113,6 @@ def geometry_plan(n: int) -> list[str]:
     if n:
         kinds[min(3, n - 1)] = "oblique"
     return kinds
-
-
-def write_dicom_series(image: np.ndarray, affine: np.ndarray, folder: Path, description: str, case_index: int) -> None:
-    """Write a 3D image as an MR DICOM series (one file per slice) with the given RAS affine."""
-    import SimpleITK as sitk
-
-    folder.mkdir(parents=True, exist_ok=True)
-    lps = np.diag([-1.0, -1.0, 1.0]) @ affine[:3, :3]
-    spacing = np.linalg.norm(lps, axis=0)
-    direction = lps / spacing
-    origin = np.diag([-1.0, -1.0, 1.0]) @ affine[:3, 3]
-    vol = sitk.GetImageFromArray(np.round(image).astype(np.int16).transpose(2, 1, 0))
-    vol.SetSpacing([float(s) for s in spacing])
-    vol.SetOrigin([float(o) for o in origin])
-    vol.SetDirection([float(d) for d in direction.ravel()])
-    study_uid = f"1.2.826.0.1.3680043.8.498.{case_index + 1}"
-    series_uid = f"{study_uid}.{1 + sum(map(ord, description))}"
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    orientation = "\\".join(f"{v:.8f}" for v in (*direction[:, 0], *direction[:, 1]))
-    for z in range(vol.GetDepth()):
-        sl = vol[:, :, z]
-        position = vol.TransformIndexToPhysicalPoint((0, 0, z))
-        tags = {
-            "0008|0060": "MR",
-            "0008|0016": "1.2.840.10008.5.1.4.1.1.4",
-            "0008|0018": f"{series_uid}.{z + 1}",
-            "0008|103e": description,
-            "0010|0010": "SYNTHETIC^PHANTOM",
-            "0010|0020": f"SYN{case_index:04d}",
-            "0020|000d": study_uid,
-            "0020|000e": series_uid,
-            "0020|0052": study_uid + ".9",
-            "0020|0013": str(z + 1),
-            "0020|0032": "\\".join(f"{p:.6f}" for p in position),
-            "0020|0037": orientation,
-            "0018|0050": f"{spacing[2]:.6f}",
-        }
-        for tag, value in tags.items():
-            sl.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"IM{z + 1:04d}.dcm"))
-        writer.Execute(sl)
 
 
 def generate(

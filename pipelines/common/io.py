@@ -2,7 +2,8 @@
 
 Every volume is held as a :class:`Volume`: the voxel array in file order ``(X, Y, Z)`` and the 4×4 affine
 from voxel indices to RAS world millimetres (NIfTI convention). Writing a result "like" an input reuses the
-input's affine (and NIfTI header), so masks land in exactly the input's grid.
+input's affine (and NIfTI header), so masks land in exactly the input's grid. A DICOM series (a folder, or a
+``.zip`` holding one) also keeps its slices' headers, so that a DICOM SEG can reference them.
 Every failure raises :class:`~pipelines.common.errors.InputError` naming the file and the problem.
 """
 
@@ -10,19 +11,24 @@ from __future__ import annotations
 
 import gzip
 import json
+import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipelines.common.errors import InputError
 
+if TYPE_CHECKING:
+    from pydicom import Dataset
+
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 DICOM_SUFFIXES = (".dcm", ".dicom", "")
+ZIP_SUFFIXES = (".zip",)
 #: refuse volumes with more voxels than this (a header can claim anything)
 MAX_VOXELS = 512 * 512 * 512
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -39,6 +45,9 @@ class Volume:
         kind: ``nifti``, ``dicom`` or ``itk``.
         header: the NIfTI header, for writing results with the same header fields.
         meta: non-identifying facts (modality, series description) for routing; never patient data.
+        sources: for a DICOM series, each slice's header (no pixel data) in array order: ``sources[z]`` is
+            the slice at ``array[:, :, z]``. They carry patient identifiers: never log or return them
+            (kept out of ``repr``); they exist so that a DICOM SEG can reference the source images.
     """
 
     array: np.ndarray
@@ -47,6 +56,7 @@ class Volume:
     kind: str
     header: Any = None
     meta: dict[str, str] = field(default_factory=dict)
+    sources: list[Dataset] | None = field(default=None, repr=False, compare=False)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -138,40 +148,159 @@ def _read_itk(path: Path) -> Volume:
     return _sitk_to_volume(image, path, "itk")
 
 
-def _read_dicom_series(folder: Path) -> Volume:
+def _read_dicom_headers(files: Sequence[str], shown: Path) -> list[Dataset]:
+    """Each file's header, pixel data skipped, in the order given."""
+    import pydicom
+
+    headers: list[Dataset] = []
+    for f in files:
+        try:
+            headers.append(pydicom.dcmread(f, stop_before_pixels=True, force=True))
+        except Exception as exc:  # pydicom raises InvalidDicomError, OSError, EOFError, ValueError, struct.error...
+            # the exception's text may quote element values (names, dates): name its type only
+            raise InputError(shown, f"DICOM header of {Path(f).name} cannot be read ({type(exc).__name__})") from exc
+    return headers
+
+
+def _unread_dicom_files(folder: Path, files: Sequence[str]) -> list[Path]:
+    """Files in ``folder`` that start like DICOM (``DICM`` after the preamble) but are not among ``files``.
+
+    GDCM leaves out of a series, silently, every file it cannot parse: a truncated or corrupt slice would
+    otherwise become a missing slice and shift the geometry.
+    """
+    used = {Path(f).resolve() for f in files}
+    unread = []
+    for f in sorted(folder.iterdir()):
+        if not f.is_file() or f.resolve() in used or f.name.upper() == "DICOMDIR":
+            continue
+        try:
+            with f.open("rb") as fh:
+                fh.seek(128)
+                magic = fh.read(4)
+        except OSError:
+            continue
+        if magic == b"DICM":
+            unread.append(f)
+    return unread
+
+
+def _slice_planes(headers: Sequence[Dataset]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each slice's Image Orientation (n, 6) and Image Position (n, 3), or ``None`` when a header lacks them."""
+    try:
+        orientation = np.array([[float(v) for v in ds.ImageOrientationPatient] for ds in headers])
+        position = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in headers])
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if orientation.shape != (len(headers), 6) or position.shape != (len(headers), 3):
+        return None
+    return orientation, position
+
+
+def _check_slice_geometry(volume: Volume, headers: Sequence[Dataset], shown: Path) -> None:
+    """Every slice header must sit where the volume's affine puts its slice: ``sources[z]`` is slice ``z``.
+
+    SimpleITK builds one regular grid from the first slices and only warns when the others do not fit it
+    (a missing slice, uneven spacing, gantry tilt); the result would then be in the wrong place.
+    """
+    planes = _slice_planes(headers)
+    if planes is None:  # no geometry in the headers: SimpleITK's defaults stand
+        return
+    _, position = planes
+    z = np.arange(len(headers), dtype=np.float64)
+    ras = volume.affine[:3, 3] + np.outer(z, volume.affine[:3, 2])  # world position of voxel (0, 0, z)
+    expected = ras @ LPS_TO_RAS.T  # RAS → LPS (the flip is its own inverse)
+    off = float(np.linalg.norm(position - expected, axis=1).max())
+    if off > max(0.01, 0.1 * float(volume.spacing[2])):
+        raise InputError(
+            shown,
+            f"DICOM slice positions are off one regular grid by up to {off:.2f} mm (missing slices, uneven "
+            "spacing or gantry tilt); such a series is not read",
+        )
+
+
+def _read_dicom_series(folder: Path, shown: Path | None = None) -> Volume:
+    """One DICOM series from a folder; ``shown`` is the path messages name (default: the folder)."""
     import SimpleITK as sitk
 
+    shown = folder if shown is None else shown
     reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(folder))
     if not series:
-        raise InputError(folder, "holds no readable DICOM series")
+        raise InputError(shown, "holds no readable DICOM series")
     if len(series) > 1:
-        raise InputError(folder, f"holds {len(series)} DICOM series; put one series per folder")
+        raise InputError(shown, f"holds {len(series)} DICOM series; put one series per folder")
+    # GDCM sorts the files along the slice normal; SimpleITK stacks them in this order, so files[z] is slice z
     files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    unread = _unread_dicom_files(folder, files)
+    if unread:
+        names = ", ".join(f.name for f in unread[:3]) + (f" and {len(unread) - 3} more" if len(unread) > 3 else "")
+        raise InputError(shown, f"DICOM file(s) {names} cannot be read (truncated or corrupt); series incomplete")
     if len(files) < 2:
-        raise InputError(folder, "DICOM series has a single slice; a 3D volume is required")
+        raise InputError(shown, "DICOM series has a single slice; a 3D volume is required")
+    headers = _read_dicom_headers(files, shown)
+    rows, cols = int(headers[0].get("Rows") or 0), int(headers[0].get("Columns") or 0)
+    if rows * cols * len(files) > MAX_VOXELS:  # bound what the series becomes before decoding any pixel
+        raise InputError(
+            shown, f"has {cols}×{rows}×{len(files)} voxels, more than the limit {MAX_VOXELS:,}; not decoded"
+        )
+    planes = _slice_planes(headers)
+    if planes is not None and np.abs(planes[0] - planes[0][0]).max() > 1e-3:
+        raise InputError(
+            shown, "DICOM slices do not share one orientation (projections or a localizer?); a 3D volume is required"
+        )
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     try:
         image = sitk.Cast(reader.Execute(), sitk.sitkFloat32)
     except RuntimeError as exc:
-        raise InputError(folder, f"DICOM series cannot be read ({str(exc).strip().splitlines()[-1]})") from exc
+        raise InputError(shown, f"DICOM series cannot be read ({str(exc).strip().splitlines()[-1]})") from exc
     meta = {}
     # only non-identifying tags are kept: modality and series description route series to channels
     for tag, key in (("0008|0060", "modality"), ("0008|103e", "series_description")):
         if reader.HasMetaDataKey(0, tag):
             meta[key] = reader.GetMetaData(0, tag).strip()
-    return _sitk_to_volume(image, folder, "dicom", meta)
+    volume = _sitk_to_volume(image, shown, "dicom", meta)
+    if volume.shape[2] != len(headers):
+        raise InputError(shown, f"DICOM series has {len(headers)} files but {volume.shape[2]} slices were read")
+    _check_slice_geometry(volume, headers, shown)
+    volume.sources = headers
+    return volume
+
+
+def _read_zipped_series(archive: Path) -> Volume:
+    """One DICOM series from a zip archive: extracted safely into a temporary folder that is removed after."""
+    import SimpleITK as sitk
+
+    from pipelines.common import archives
+
+    with tempfile.TemporaryDirectory(prefix="medinfer-zip-") as tmp:
+        root = archives.safe_extract_zip(
+            archive, Path(tmp), max_total_bytes=archives.MAX_UNPACKED_BYTES, max_members=archives.MAX_MEMBERS
+        )
+        # the series may sit in a sub-folder; macOS archivers add __MACOSX/ with resource forks beside it
+        folders = sorted(
+            {f.parent for f in root.rglob("*") if f.is_file() and "__MACOSX" not in f.relative_to(root).parts}
+        )
+        with_series = [d for d in folders if sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d))]
+        if not with_series:
+            raise InputError(archive, "archive holds no readable DICOM series")
+        if len(with_series) > 1:
+            raise InputError(
+                archive, f"archive holds DICOM series in {len(with_series)} folders; zip one series per archive"
+            )
+        return _read_dicom_series(with_series[0], shown=archive)
 
 
 def read_volume(path: str | Path) -> Volume:
     """Read a 3D volume with its geometry.
 
     Args:
-        path: a NIfTI file, an MHA/NRRD file, or a folder holding one DICOM series.
+        path: a NIfTI file, an MHA/NRRD file, a folder holding one DICOM series, or a ``.zip`` holding one
+            DICOM series (extracted safely into a temporary folder, removed after reading).
 
     Raises:
-        InputError: missing, empty, corrupt, not 3D, oversized, NaN-holding or unsupported.
+        InputError: missing, empty, corrupt, not 3D, oversized, NaN-holding or unsupported; for a zip, also
+            an unsafe or too large archive (:class:`~pipelines.common.archives.ArchiveError`).
     """
     p = Path(path)
     if not p.exists():
@@ -184,7 +313,12 @@ def read_volume(path: str | Path) -> Volume:
         return _read_nifti(p)
     if has_suffix(p, ITK_SUFFIXES):
         return _read_itk(p)
-    raise InputError(p, "has an unsupported format; expected NIfTI (.nii, .nii.gz), MHA/NRRD or a DICOM series folder")
+    if has_suffix(p, ZIP_SUFFIXES):
+        return _read_zipped_series(p)
+    raise InputError(
+        p,
+        "has an unsupported format; expected NIfTI (.nii, .nii.gz), MHA/NRRD, or a DICOM series (a folder or a .zip)",
+    )
 
 
 def read_coregistered(paths: Mapping[str, Path], channels: Sequence[str], what: str = "channel") -> dict[str, Volume]:

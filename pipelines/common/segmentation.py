@@ -4,11 +4,14 @@ The pipeline of one case: read it with its geometry → the task's invertible MO
 ``SlidingWindowInferer`` (gaussian blending) with optional mirror TTA and AMP on CUDA → the task's activation
 of the logits into continuous maps → ``Compose.inverse`` back to the input grid → the task's ``decode`` into a
 label map → :func:`~pipelines.common.io.write_like` (same shape, affine and header as the input), per-region
-volumes in mL, an overlay PNG and, when explained, the probability maps.
+volumes in mL, an overlay PNG and, when explained, the probability maps. When the input is a DICOM series and the
+``dicom_seg`` option is on, the regions are also written as a DICOM SEG referencing that series
+(:func:`~pipelines.common.dicom.write_dicom_seg`), coded by the task's ``segment_codes``.
 
 A segmenter subclasses :class:`SegmentationPredictor` and supplies: ``read_case``, ``preprocess_transforms``,
 ``roi_size``, ``activate``, ``decode``, ``regions`` (and optionally ``probabilities``, ``overlay_colors``,
-``result_fields``, ``model_fields``). Its options model extends :class:`VolumeOptions`.
+``result_fields``, ``model_fields``, ``segment_codes``, ``explanation_maps``). Its options model extends
+:class:`VolumeOptions`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pydantic import Field
 from pipelines.common import keys
 from pipelines.common.config import TaskOptions
 from pipelines.common.device import autocast
+from pipelines.common.dicom import SegmentCode, generic_segment_code, write_dicom_seg
 from pipelines.common.io import Volume, write_json, write_like
 from pipelines.common.task import InputItem, ItemOutput, Predictor, Prepared
 
@@ -53,6 +57,11 @@ class VolumeOptions(TaskOptions):
     overlap: float = Field(0.5, ge=0.0, le=0.95, description="Overlap of neighbouring sliding windows.")
     sw_batch_size: int = Field(4, ge=1, le=256, description="Sliding windows per forward pass.")
     overlay: bool = Field(False, description="Also write a preview PNG (largest-lesion axial slice).")
+    dicom_seg: bool = Field(
+        True,
+        description="For a DICOM series input, also write the regions as a DICOM SEG (<case>_seg.dcm) that "
+        "references the series.",
+    )
 
 
 VolumeOptionsT = TypeVar("VolumeOptionsT", bound=VolumeOptions)
@@ -119,6 +128,10 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
         """Per-region probabilities (R, X, Y, Z) written when explained (default: the maps themselves)."""
         return maps
 
+    def explanation_maps(self, maps: np.ndarray, prepared: Prepared) -> dict[str, np.ndarray]:
+        """Further maps (X, Y, Z) on the input grid written when explained, by role (default: none)."""
+        return {}
+
     def overlay_colors(self, prepared: Prepared, labels: np.ndarray) -> Mapping[int, str]:
         """Label value → overlay colour (default: matplotlib's tab10 cycle over the values present)."""
         values = [int(v) for v in np.unique(labels) if v != 0]
@@ -131,6 +144,15 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
     def model_fields(self) -> dict[str, Any]:
         """What the result says about the model."""
         return {"name": self.checkpoint.model_name, "version": self.checkpoint.version}
+
+    def segment_codes(self) -> dict[str, SegmentCode]:
+        """Region name → coded description (SNOMED CT category and type) for the DICOM SEG.
+
+        The default, ``{}``, describes every region generically (SCT "Tissue", see
+        :func:`~pipelines.common.dicom.generic_segment_code`); a task overrides it with its own codes, and a
+        non-empty mapping must then cover every region ``regions`` returns.
+        """
+        return {}
 
     # -- the three steps ---------------------------------------------------------------------------------------
     def prepare(self, item: InputItem) -> Prepared:
@@ -209,7 +231,8 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
         return self.decode(restored, prepared), restored
 
     def write_outputs(self, prepared: Prepared, labels: np.ndarray, maps: np.ndarray, out_dir: Path) -> ItemOutput:
-        """Label map, result JSON with region volumes, optional overlay and probability maps."""
+        """Label map, DICOM SEG (DICOM series inputs), result JSON with region volumes, optional overlay and
+        probability maps."""
         ref: Volume = prepared.context["ref"]
         options: VolumeOptions = prepared.options
         name = prepared.item.name
@@ -220,10 +243,11 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
                 "segmentation", write_like(labels, ref, out_dir / f"{name}_pred.nii.gz"), out_dir
             )
         }
-        volumes = {
-            region: round(float(mask.sum()) * ref.voxel_volume_ml, 3)
-            for region, mask in self.regions(labels, prepared).items()
-        }
+        masks = self.regions(labels, prepared)
+        volumes = {region: round(float(mask.sum()) * ref.voxel_volume_ml, 3) for region, mask in masks.items()}
+        if options.dicom_seg and ref.kind == "dicom" and ref.sources:
+            seg_path = self.write_dicom_seg(masks, ref, out_dir / f"{name}_seg.dcm")
+            files["dicom_seg"] = output.add("dicom_seg", seg_path, out_dir)
         if options.overlay:
             files["overlay"] = output.add(
                 "overlay", self.overlay(prepared, labels, out_dir / f"{name}_overlay.png"), out_dir
@@ -232,6 +256,9 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
             probs = self.probabilities(maps, prepared)
             prob_path = write_like(np.moveaxis(probs, 0, -1), ref, out_dir / f"{name}_prob.nii.gz", np.float32)
             files["probabilities"] = output.add("probabilities", prob_path, out_dir)
+            for role, volume in self.explanation_maps(maps, prepared).items():
+                path = write_like(volume, ref, out_dir / f"{name}_{role}.nii.gz", np.float32)
+                files[role] = output.add(role, path, out_dir)
         output.data = {
             "case": name,
             **self.result_fields(prepared),
@@ -243,6 +270,19 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
         }
         output.add("result", write_json(output.data, out_dir / f"{name}.json"), out_dir)
         return output
+
+    def write_dicom_seg(self, masks: Mapping[str, np.ndarray], ref: Volume, path: Path) -> Path:
+        """The regions as a DICOM SEG referencing ``ref``'s source series, coded by :meth:`segment_codes`."""
+        codes = self.segment_codes() or {region: generic_segment_code(region) for region in masks}
+        return write_dicom_seg(
+            masks,
+            codes,
+            ref,
+            path,
+            algorithm_name=self.checkpoint.model_name,
+            algorithm_version=self.checkpoint.version,
+            series_description=f"{self.checkpoint.task} segmentation (medinfer, research use)",
+        )
 
     def overlay(self, prepared: Prepared, labels: np.ndarray, path: Path) -> Path:
         """The preview channel's axial slice with the most foreground, in RAS display, with labels overlaid."""
@@ -285,8 +325,9 @@ def evaluate_segmentation(
     *,
     task: str,
     notes: str,
+    scores: Callable[[np.ndarray, np.ndarray, Sequence[float], Sequence[str]], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
-    """Dice and HD95 per region (MONAI) on labelled cases; writes predictions, ``cases.csv`` and ``summary.json``.
+    """Per-region scores on labelled cases; writes predictions, ``cases.csv`` and ``summary.json``.
 
     Args:
         predictor: a loaded segmenter.
@@ -295,11 +336,15 @@ def evaluate_segmentation(
         reference_regions: reads a reference on the prepared case's grid → (region masks, spacing in mm).
         task: task name for the summary.
         notes: the stated rules (empty regions...) written into the summary.
+        scores: ``(pred, ref, spacing, names) → {metric_region: value}`` on (R, X, Y, Z) boolean stacks (default:
+            :func:`~pipelines.common.metrics.dice_hd95`, Dice and HD95 with MONAI).
 
     Raises:
         ValueError: no cases.
     """
     from pipelines.common.metrics import dice_hd95, summarize
+
+    score = scores or dice_hd95
 
     out_dir = Path(out_dir)
     pred_dir = out_dir / "predictions"
@@ -314,7 +359,7 @@ def evaluate_segmentation(
         names = list(ref_regions)
         pred = np.stack([pred_regions[n] for n in names]).astype(bool)
         ref = np.stack([ref_regions[n] for n in names]).astype(bool)
-        rows.append({"case": case.item.name, **dice_hd95(pred, ref, list(spacing), names)})
+        rows.append({"case": case.item.name, **score(pred, ref, list(spacing), names)})
     if not rows:
         raise ValueError("no labelled cases to evaluate")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,9 @@ def test_models_lists_brats(brats_client: TestClient) -> None:
     assert info["data_card"]["text"]
     assert info["synthetic_demo"] is True
     assert info["heads"] == [{"name": "regions", "labels": ["WT", "TC", "ET"], "activation": "multilevel"}]
-    assert {"tta", "overlap", "sw_batch_size", "overlay", "labels"} == set(info["options_schema"]["properties"])
+    assert {"tta", "overlap", "sw_batch_size", "overlay", "dicom_seg", "labels"} == set(
+        info["options_schema"]["properties"]
+    )
 
 
 def role_url(result: dict, role: str) -> str:

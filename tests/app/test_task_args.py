@@ -106,7 +106,14 @@ def test_models_lists_heads_and_options() -> None:
     tasks = {t["task"]: t for t in json.loads(result.output)["tasks"]}
     brats = tasks["brats"]
     assert brats["contract"]["heads"] == [{"name": "regions", "labels": ["WT", "TC", "ET"], "activation": "multilevel"}]
-    assert {f["name"] for f in brats["option_flags"]} == {"tta", "overlap", "sw_batch_size", "overlay", "labels"}
+    assert {f["name"] for f in brats["option_flags"]} == {
+        "tta",
+        "overlap",
+        "sw_batch_size",
+        "overlay",
+        "dicom_seg",
+        "labels",
+    }
     assert {f["name"] for f in brats["train_option_flags"]} == {"all_cases"}
     assert {f["name"] for f in tasks["ecg"]["option_flags"]} == {"sampling_rate"}
     branches = tasks["ecg"]["branches"]
