@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models._checks import check_unet_arguments
 from models.registry import ModelSpec, register_model
 
 __all__ = ["BRATS_MODALITIES", "BRATS_REGIONS", "BRATS_SPEC", "HEAD_CHANNELS", "NestedUNet", "SegOutput"]
@@ -119,14 +120,7 @@ class NestedUNet(nn.Module):
         super().__init__()
         if head not in HEAD_CHANNELS:
             raise ValueError(f"head must be one of {sorted(HEAD_CHANNELS)}, got {head!r}")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-        if depth < 2:
-            raise ValueError(f"depth must be >= 2, got {depth}")
-        if base_filters < 1:
-            raise ValueError(f"base_filters must be >= 1, got {base_filters}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_unet_arguments(in_channels, depth, base_filters, dropout)
         if not 1 <= deep_supervision_levels <= depth - 1:
             raise ValueError(
                 f"deep_supervision_levels must be in [1, depth-1={depth - 1}], got {deep_supervision_levels}"

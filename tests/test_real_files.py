@@ -1,17 +1,20 @@
 """Files written by other tools, shipped with the packages we depend on, through the task families.
 
 Our generators agree with our readers by construction; these files do not: nibabel's ``anatomical.nii``
-(big-endian int16, LAS orientation, qform and sform code 2) and pydicom's ``waveform_ecg.dcm`` (a vendor
-12-lead ECG at 1000 Hz with vendor lead names, and a second 1.2 s rhythm waveform).
+(big-endian int16, LAS orientation, qform and sform code 2), pydicom's ``waveform_ecg.dcm`` (a vendor
+12-lead ECG at 1000 Hz with vendor lead names, and a second 1.2 s rhythm waveform) and pydicom's CT5N series
+(a scanner's slices, for DICOM in and DICOM SEG out).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from typer.testing import CliRunner
 
@@ -59,3 +62,35 @@ def test_pydicoms_vendor_ecg_is_read_and_explained(tmp_path: Path) -> None:
     assert res["outputs"]["input_seconds"] == 10.0
     assert sum(len(v) for v in res["outputs"]["probabilities"].values()) == 71
     assert [f["role"] for f in res["files"]].count("explanation") == 3
+
+
+PYDICOM_CT5N = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "98892001" / "CT5N"
+
+
+@pytest.mark.slow
+def test_a_vendor_dicom_series_gets_a_dicom_seg_aligned_with_it(tmp_path: Path) -> None:
+    """pydicom's CT5N (a scanner's 5-slice series, 0.49 × 0.49 × 2.5 mm) through prostate: NIfTI + DICOM SEG."""
+    import highdicom as hd
+
+    series = tmp_path / "CT5N"
+    shutil.copytree(PYDICOM_CT5N, series)
+    report = _predict("prostate", [str(series)], tmp_path / "out", tmp_path, "--explain")
+    (res,) = report["results"]
+    files = {f["role"]: tmp_path / "out" / f["path"] for f in res["files"]}
+    assert {"segmentation", "probabilities", "disagreement", "dicom_seg", "result"} <= set(files)
+    labels = np.asarray(nib.load(str(files["segmentation"])).dataobj)
+    assert labels.shape == (16, 16, 5)
+    sources = sorted((pydicom.dcmread(p) for p in series.iterdir()), key=lambda d: float(d.ImagePositionPatient[2]))
+    seg = hd.seg.segread(files["dicom_seg"])
+    assert seg.StudyInstanceUID == sources[0].StudyInstanceUID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == sources[0].SeriesInstanceUID
+    positions = {d.SOPInstanceUID: [float(v) for v in d.ImagePositionPatient] for d in sources}
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        uid = frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        got = [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+        np.testing.assert_allclose(got, positions[uid], atol=1e-3)
+    masks = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[d.SOPInstanceUID for d in sources], segment_numbers=[1, 2, 3, 4]
+    )
+    for number in range(4):
+        np.testing.assert_array_equal(masks[..., number].transpose(2, 1, 0).astype(bool), labels == number + 1)

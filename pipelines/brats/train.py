@@ -59,14 +59,6 @@ class BratsRun(TrainingRun[BratsConfig]):
     """A brats training run: one stage, best checkpoint by mean validation Dice (train loss with ``--all-cases``)."""
 
     @property
-    def model_name(self) -> str:
-        return self.config.model_name
-
-    @property
-    def model_kwargs(self) -> dict[str, Any]:
-        return self.config.model_kwargs
-
-    @property
     def all_cases(self) -> bool:
         return isinstance(self.task_options, BratsTrainOptions) and self.task_options.all_cases
 

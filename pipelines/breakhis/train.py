@@ -72,10 +72,6 @@ class BreakhisRun(TrainingRun[BreakhisConfig]):
         return self.train_options.target
 
     @property
-    def model_name(self) -> str:
-        return self.config.model_name
-
-    @property
     def model_kwargs(self) -> dict[str, Any]:
         cfg = self.config
         return {

@@ -124,14 +124,20 @@ class TrainingRun(abc.ABC, Generic[ConfigT]):
         """Training batches of a stage."""
 
     @property
-    @abc.abstractmethod
     def model_name(self) -> str:
-        """Registry name of the network."""
+        """Registry name of the network (default: the config's ``model_name``)."""
+        name = getattr(self.config, "model_name", None)
+        if not isinstance(name, str):
+            raise NotImplementedError(f"{type(self).__name__}: the config has no model_name; override model_name")
+        return name
 
     @property
-    @abc.abstractmethod
     def model_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments that rebuild the network from the registry."""
+        """Keyword arguments that rebuild the network from the registry (default: the config's ``model_kwargs``)."""
+        kwargs = getattr(self.config, "model_kwargs", None)
+        if kwargs is None:
+            raise NotImplementedError(f"{type(self).__name__}: the config has no model_kwargs; override model_kwargs")
+        return dict(kwargs)
 
     # -- hooks: the loop ------------------------------------------------------------------------------------------
     def stages(self) -> list[Stage]:

@@ -45,7 +45,9 @@ def test_battery_forward_backward(name: str) -> None:
     torch.manual_seed(0)
     model = create_model(name, **spec.tiny_kwargs)
     x = _example(spec)
-    outs = _outputs(model(x))
+    # training-time outputs: models with auxiliary heads (deep supervision, distance maps) expose them here
+    forward = getattr(model, "forward_with_aux", model)
+    outs = _outputs(forward(x))
     assert outs, "model returned no tensor"
     logits = outs[0]
     assert logits.shape[0] == 2
