@@ -11,7 +11,6 @@ of a multi-label classifier with the shared metrics.
 from __future__ import annotations
 
 import abc
-import csv
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -22,7 +21,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from pipelines.common.config import TaskOptions
+from pipelines.common.csvsafe import SafeDictWriter, safe_writer
 from pipelines.common.device import autocast
+from pipelines.common.errors import InputError
 from pipelines.common.io import write_json
 from pipelines.common.task import InputItem, ItemOutput, Predictor, Prepared
 
@@ -210,6 +211,7 @@ class ClassificationPredictor(Predictor[OptionsT], abc.ABC):
         return [{"probs": split_batch(probs, i), **split_batch(extras, i)} for i in range(len(batch))]
 
     def finish(self, prepared: Prepared, raw: Any, out_dir: Path) -> ItemOutput:
+        self.check_finite(prepared.item, raw["probs"])
         out_dir.mkdir(parents=True, exist_ok=True)
         name = prepared.item.name
         output = ItemOutput({})
@@ -227,6 +229,24 @@ class ClassificationPredictor(Predictor[OptionsT], abc.ABC):
         return output
 
     # -- outputs -----------------------------------------------------------------------------------------------
+    def check_finite(self, item: InputItem, probs: Mapping[str, np.ndarray]) -> None:
+        """Refuse a result with NaN or infinite probabilities (nothing is written for it).
+
+        Raises:
+            InputError: naming the input, the head and how many of its probabilities are not finite.
+        """
+        for h in self.heads:
+            p = np.asarray(probs[h.name], dtype=np.float64)
+            bad = ~np.isfinite(p)
+            if bad.any():
+                kind = "NaN" if np.isnan(p).any() else "inf"
+                shown = next(iter(item.paths.values())) if len(item.paths) == 1 else item.name
+                raise InputError(
+                    shown,
+                    f"model output is not finite ({kind} in {int(bad.sum())} of {p.size} probabilities of head "
+                    f"{h.name!r}); the input may hold extreme values, or the checkpoint is broken",
+                )
+
     def head_results(self, probs: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """The result fields of every head (a single head's fields at the top level)."""
         if len(self.heads) == 1:
@@ -249,7 +269,7 @@ class ClassificationPredictor(Predictor[OptionsT], abc.ABC):
             header_p, header_d = header_p + hp, header_d + hd
             prob_cols, decision_cols = prob_cols + vp, decision_cols + vd
         with path.open("a", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
+            w = safe_writer(fh)
             if fresh:
                 w.writerow([self.id_field, *header_p, *header_d])
             w.writerow([name, *prob_cols, *decision_cols])
@@ -326,13 +346,13 @@ def evaluate_multilabel(
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = m.per_class_rows(y, p, thr, labels)
     with (out_dir / "per_class.csv").open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
+        w = safe_writer(fh)
         w.writerow(["label", *(["group"] if groups else []), *PER_CLASS_COLUMNS])
         for i, row in enumerate(rows):
             lead = [row["label"], *([group_of.get(i, "")] if groups else [])]
             w.writerow([*lead, *(row[k] for k in PER_CLASS_COLUMNS)])
     with (out_dir / "predictions.csv").open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
+        w = safe_writer(fh)
         w.writerow([id_column, *labels])
         for rid, row in zip(ids, p, strict=True):
             w.writerow([rid, *(f"{v:.5f}" for v in row)])
@@ -432,18 +452,18 @@ def evaluate_multiclass(
     summary.update(extra or {})
     image = summary["image"]
     with (out_dir / "per_class.csv").open("w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=["label", "support", "precision", "recall", "f1"])
+        w = SafeDictWriter(fh, fieldnames=["label", "support", "precision", "recall", "f1"])
         w.writeheader()
         w.writerows(image["per_class"])
     cm = np.asarray(image["confusion_matrix"], dtype=np.int64)
     with (out_dir / "confusion_matrix.csv").open("w", newline="", encoding="utf-8") as fh:
-        w2 = csv.writer(fh)
+        w2 = safe_writer(fh)
         w2.writerow(["true \\ predicted", *labels])
         for name, row in zip(labels, cm, strict=True):
             w2.writerow([name, *row.tolist()])
     plot_confusion_matrix(cm, labels, out_dir / "confusion_matrix.png", title="image level")
     with (out_dir / "predictions.csv").open("w", newline="", encoding="utf-8") as fh:
-        w3 = csv.writer(fh)
+        w3 = safe_writer(fh)
         w3.writerow([id_column, "true", "predicted", *labels])
         for rid, yi, row in zip(ids, y, p, strict=True):
             w3.writerow([rid, labels[yi], labels[int(row.argmax())], *(f"{v:.5f}" for v in row)])

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import json
 import logging
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from pipelines.common.csvsafe import safe_writer
 from pipelines.common.errors import InputError
 from pipelines.common.task import Collected, InputItem, ItemOutput, OutputFile, Predictor, Prepared
 
@@ -18,11 +22,52 @@ logger = logging.getLogger(__name__)
 
 REPORT_JSON = "report.json"
 REPORT_CSV = "report.csv"
+#: the columns of ``report.csv`` (``name`` and ``source`` last, so the older columns keep their places)
+REPORT_COLUMNS = ("input", "status", "outputs", "error", "seconds", "name", "source")
+#: names no input may take: ``report.json``/``report.csv`` are the run's own (a classifier writes ``<name>.json``)
+RESERVED_NAMES = (Path(REPORT_JSON).stem,)
+
+
+def non_finite(data: Any, where: str = "") -> tuple[str, str] | None:
+    """Where the first NaN or infinity in (nested mappings and sequences of) ``data`` is, and which it is.
+
+    Returns:
+        ``(where, "NaN" | "inf")`` with ``where`` a key path like ``probabilities.B`` or ``values[3]``; ``None``
+        when every number is finite.
+    """
+    if isinstance(data, float | np.floating):
+        value = float(data)
+        return None if math.isfinite(value) else (where or "value", "NaN" if math.isnan(value) else "inf")
+    if isinstance(data, np.ndarray):
+        if data.dtype.kind not in "fc":
+            return None
+        bad = ~np.isfinite(data)
+        if not bad.any():
+            return None
+        first = np.argwhere(bad)[0]
+        kind = "NaN" if np.isnan(data[tuple(first)]) else "inf"
+        return f"{where}[{', '.join(str(int(i)) for i in first)}]", kind
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            found = non_finite(value, f"{where}.{key}" if where else str(key))
+            if found is not None:
+                return found
+    elif isinstance(data, list | tuple):
+        for i, value in enumerate(data):
+            found = non_finite(value, f"{where}[{i}]")
+            if found is not None:
+                return found
+    return None
 
 
 @dataclass
 class ItemResult:
-    """Outcome of one input: ``status`` is ``ok``, ``error`` or ``skipped``; ``files`` are the files written."""
+    """Outcome of one input: ``status`` is ``ok``, ``error`` or ``skipped``; ``files`` are the files written.
+
+    ``name`` is the input's output name (unique within a run: its files are named after it) and ``source`` the
+    paths it was read from, by role, as given. A result whose outputs hold NaN or infinity is never ``ok``: it
+    becomes an ``error`` saying so, and such outputs are dropped whatever the status (JSON has no NaN).
+    """
 
     input: str
     status: str
@@ -31,10 +76,26 @@ class ItemResult:
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     files: list[OutputFile] = field(default_factory=list)
+    name: str | None = None
+    source: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bad = non_finite(self.outputs)
+        if bad is not None:
+            if self.status == "ok":
+                where, kind = bad
+                self.status = "error"
+                self.error = f"{self.input}: model output is not finite ({kind} at {where}); no result for this input"
+            self.outputs = {}
+        self.timings = {k: v for k, v in self.timings.items() if math.isfinite(v)}
+        if not math.isfinite(self.seconds):
+            self.seconds = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "input": self.input,
+            "name": self.name,
+            "source": dict(self.source),
             "status": self.status,
             "outputs": self.outputs,
             "files": [f.to_dict() for f in self.files],
@@ -66,14 +127,28 @@ class Report:
         }
 
     def write(self, out_dir: Path) -> None:
+        """Write ``report.json`` and ``report.csv``; no cell of the CSV can start a spreadsheet formula.
+
+        Raises:
+            ValueError: a NaN or infinity would reach the JSON (strict JSON has none).
+        """
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / REPORT_JSON).write_text(json.dumps(self.to_dict(), indent=2, default=str), encoding="utf-8")
+        text = json.dumps(self.to_dict(), indent=2, default=str, allow_nan=False)
+        (out_dir / REPORT_JSON).write_text(text, encoding="utf-8")
         with (out_dir / REPORT_CSV).open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["input", "status", "outputs", "error", "seconds"])
+            writer = safe_writer(fh)
+            writer.writerow(REPORT_COLUMNS)
             for r in self.results:
                 writer.writerow(
-                    [r.input, r.status, json.dumps(r.outputs, default=str), r.error or "", f"{r.seconds:.4f}"]
+                    [
+                        r.input,
+                        r.status,
+                        json.dumps(r.outputs, default=str, allow_nan=False),
+                        r.error or "",
+                        f"{r.seconds:.4f}",
+                        r.name or "",
+                        json.dumps(r.source) if r.source else "",
+                    ]
                 )
 
 
@@ -81,6 +156,40 @@ def _describe(item: InputItem) -> str:
     if len(item.paths) == 1:
         return str(next(iter(item.paths.values())))
     return item.name
+
+
+def _source(item: InputItem) -> dict[str, str]:
+    return {role: str(path) for role, path in item.paths.items()}
+
+
+def unique_names(items: Iterable[InputItem], reserved: Iterable[str] = ()) -> list[InputItem]:
+    """The items with output names unique within a run, so that no input's files overwrite another's.
+
+    In input order, the first item of a name keeps it; a later one becomes ``<name>-2``, ``-3``... (the first
+    free number). Names are compared case-insensitively (``Case`` and ``case`` share a file on macOS and
+    Windows); a name in ``reserved`` (the stems of the run's own files, e.g. ``report``) is never used.
+
+    Args:
+        items: the run's items in input order.
+        reserved: names no item may take.
+    """
+    items = list(items)
+    taken = {r.casefold() for r in reserved}
+    firsts = {it.name.casefold() for it in items} - taken  # each name's first holder keeps it
+    out: list[InputItem] = []
+    for item in items:
+        key = item.name.casefold()
+        if key in firsts:
+            firsts.discard(key)
+            taken.add(key)
+            out.append(item)
+            continue
+        k = 2
+        while (candidate := f"{item.name}-{k}").casefold() in taken or candidate.casefold() in firsts:
+            k += 1
+        taken.add(candidate.casefold())
+        out.append(dataclasses.replace(item, name=candidate))
+    return out
 
 
 def run_predictions(
@@ -98,6 +207,10 @@ def run_predictions(
     the remaining inputs are marked ``skipped``. Paths that could not be grouped (``Collected.errors``) are
     reported first, as errors. ``report.json`` and ``report.csv`` are always written.
 
+    Output names are made unique first (:func:`unique_names`: a second ``case`` becomes ``case-2``), so two
+    inputs of the same name never overwrite each other's files; each result records its output ``name`` and
+    the ``source`` paths it came from.
+
     Args:
         predictor: a loaded predictor.
         items: grouped inputs (a :class:`Collected`, or items only).
@@ -112,13 +225,16 @@ def run_predictions(
     stop = bool(results) and not continue_on_error
     if collected.errors and progress is not None:
         progress(len(collected.errors))
-    pending = list(collected.items)
+    pending = unique_names(collected.items, RESERVED_NAMES)
     batch_size = max(1, int(predictor.max_batch))
     while pending:
         chunk, pending = pending[:batch_size], pending[batch_size:]
         if stop:
             results.extend(
-                ItemResult(_describe(it), "skipped", error="stopped after an earlier failure") for it in chunk
+                ItemResult(
+                    _describe(it), "skipped", error="stopped after an earlier failure", name=it.name, source=_source(it)
+                )
+                for it in chunk
             )
             continue
         prepared: list[tuple[Prepared, float, int]] = []
@@ -129,7 +245,12 @@ def run_predictions(
                 prepared.append((predictor.prepare(item), t0, idx))
             except InputError as exc:
                 chunk_results[idx] = ItemResult(
-                    _describe(item), "error", error=str(exc), seconds=time.perf_counter() - t0
+                    _describe(item),
+                    "error",
+                    error=str(exc),
+                    seconds=time.perf_counter() - t0,
+                    name=item.name,
+                    source=_source(item),
                 )
         if prepared:
             t_run = time.perf_counter()
@@ -141,7 +262,9 @@ def run_predictions(
             run_share = (time.perf_counter() - t_run) / len(prepared)
             for (prep, t0, idx), raw in zip(prepared, raws, strict=True):
                 if run_error is not None:
-                    chunk_results[idx] = ItemResult(_describe(prep.item), "error", error=run_error)
+                    chunk_results[idx] = ItemResult(
+                        _describe(prep.item), "error", error=run_error, name=prep.item.name, source=_source(prep.item)
+                    )
                     continue
                 try:
                     output = predictor.finish(prep, raw, out_dir)
@@ -152,7 +275,15 @@ def run_predictions(
                 timings = {**prep.timings, "infer": prep.timings.get("infer", run_share)}
                 elapsed = time.perf_counter() - t0
                 chunk_results[idx] = ItemResult(
-                    _describe(prep.item), status, output.data, error, elapsed, timings, output.files
+                    _describe(prep.item),
+                    status,
+                    output.data,
+                    error,
+                    elapsed,
+                    timings,
+                    output.files,
+                    name=prep.item.name,
+                    source=_source(prep.item),
                 )
         for idx in range(len(chunk)):
             res = chunk_results[idx]

@@ -101,7 +101,7 @@ def test_tiny_model_learns_and_cli_round_trip(brats_tiny_run: Path, brats_heldou
         assert r["outputs"]["volumes_ml"]["WT"] > 5.0
         assert {"read", "preprocess", "infer", "postprocess", "write"} <= set(r["timings"])
     csv_lines = (pred_dir / "report.csv").read_text().splitlines()
-    assert csv_lines[0] == "input,status,outputs,error,seconds"
+    assert csv_lines[0] == "input,status,outputs,error,seconds,name,source"
     assert len(csv_lines) == 4
 
     eval_dir = tmp_path / "eval"
