@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from models.protoecgnet import BRANCH_LABELS, BRANCH_NAMES, LEADS, PTBXL_LABELS
 from pipelines.common.config import TaskConfig, TaskOptions
+from pipelines.ecg.transforms import MAX_FS, MIN_FS, rate_problem
 
 __all__ = [
     "BRANCH_LABELS",
@@ -140,12 +141,49 @@ class EcgConfig(TaskConfig):
         return value
 
 
+#: spellings accepted for ``signal_unit``
+_UNIT_NAMES = {
+    "mv": "mV",
+    "millivolt": "mV",
+    "uv": "uV",
+    "µv": "uV",
+    "μv": "uV",
+    "microvolt": "uV",
+    "v": "V",
+    "volt": "V",
+}
+
+
 class EcgOptions(TaskOptions):
     """``medinfer predict ecg`` options (also the service's ``options`` field)."""
 
     sampling_rate: float | None = Field(
-        None, gt=0, le=100_000, description="Rate in Hz of CSV/NPY records, which carry none (WFDB and DICOM do)."
+        None,
+        ge=MIN_FS,
+        le=MAX_FS,
+        description=f"Rate in Hz of CSV/NPY records, which carry none (WFDB and DICOM do); {MIN_FS:g}-{MAX_FS:g} Hz, "
+        "exact (a rate that converts to the model's only approximately is refused).",
     )
+    signal_unit: Literal["mV", "uV", "V"] | None = Field(
+        None,
+        description="Unit of CSV/NPY values (default mV), and of WFDB/DICOM channels whose file gives none.",
+    )
+
+    @field_validator("sampling_rate")
+    @classmethod
+    def _exact_rate(cls, value: float | None) -> float | None:
+        if value is not None:
+            problem = rate_problem(value, SAMPLING_RATE)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
+
+    @field_validator("signal_unit", mode="before")
+    @classmethod
+    def _unit(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return _UNIT_NAMES.get(value.strip().lower(), value)
+        return value
 
 
 class EcgTrainOptions(TaskOptions):

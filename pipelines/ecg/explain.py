@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from models.protoecgnet import LEADS, PTBXL_LABELS, ProtoECGNet
-from pipelines.common.plots import pyplot
+from pipelines.common.plots import new_figure
 from pipelines.ecg.stages import window_to_samples
 
 __all__ = ["plot_explanation", "top_prototypes"]
@@ -95,8 +95,8 @@ def plot_explanation(
         title: figure title (no patient identifiers).
         fs: sampling rate in Hz.
     """
-    plt = pyplot()
-    fig, axes = plt.subplots(12, 2, figsize=(13, 12), sharex="col", gridspec_kw={"width_ratios": [3, 1.2]})
+    fig = new_figure((13, 12))
+    axes = fig.subplots(12, 2, sharex="col", gridspec_kw={"width_ratios": [3, 1.2]})
     t = np.arange(signal.shape[1]) / fs
     win = entry["window"]
     src = entry["source"]
@@ -123,5 +123,4 @@ def plot_explanation(
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=70)
-    plt.close(fig)
     return path

@@ -11,6 +11,7 @@ import torch
 
 from models.protoecgnet import BRANCH_NAMES, ProtoECGNet
 from pipelines.common.classification import ClassificationPredictor, Head, head_thresholds
+from pipelines.common.errors import InputError
 from pipelines.common.task import InputItem, ItemOutput, Prepared
 from pipelines.ecg.config import EcgOptions
 from pipelines.ecg.explain import plot_explanation, top_prototypes
@@ -43,8 +44,11 @@ class EcgPredictor(ClassificationPredictor[EcgOptions]):
 
     Args:
         checkpoint: an ``ecg`` checkpoint.
-        options: ``batch_size`` records per forward pass, ``amp`` (CUDA only), ``explain``; task option
-            ``sampling_rate`` for CSV/NPY inputs.
+        options: ``batch_size`` records per forward pass, ``amp`` (CUDA only), ``explain``; task options
+            ``sampling_rate`` for CSV/NPY inputs and ``signal_unit``.
+
+    What the reading had to assume (units, a CSV read in part, a rate below the model's) is stated in the result's
+    ``warnings``; a record whose model output is not finite is an error, never a result with NaN.
     """
 
     options_model = EcgOptions
@@ -72,9 +76,28 @@ class EcgPredictor(ClassificationPredictor[EcgOptions]):
     # -- the task's own steps ----------------------------------------------------------------------------------
     def read(self, item: InputItem, options: EcgOptions) -> tuple[np.ndarray, dict[str, Any]]:
         path = next(iter(item.paths.values()))
-        rec = read_record(path, options.sampling_rate)
+        rec = read_record(path, options.sampling_rate, options.signal_unit)
         x = preprocess_signal(rec.signal, rec.fs, rec.leads, path, target_fs=self.fs, highpass_hz=self.highpass_hz)
-        return x, {"input_fs": rec.fs, "input_seconds": round(rec.seconds, 3)}
+        context: dict[str, Any] = {"input_fs": rec.fs, "input_seconds": round(rec.seconds, 3)}
+        warnings = list(rec.warnings)
+        if rec.fs < self.fs:
+            warnings.append(
+                f"sampled at {rec.fs:g} Hz, below the model's {self.fs:g} Hz: upsampled, so nothing above "
+                f"{rec.fs / 2:g} Hz is in it"
+            )
+        if warnings:
+            context["warnings"] = warnings
+        return x, context
+
+    def finish(self, prepared: Prepared, raw: Any, out_dir: Path) -> ItemOutput:
+        """The result of one record; prototype similarities with NaN or infinity are this record's error, never
+        JSON (the probabilities are checked by ``ClassificationPredictor.check_finite``)."""
+        if self.wants_explanation(prepared.item):
+            extras = [raw.get("sims"), *(raw.get("windows") or {}).values()]
+            if any(v is not None and not np.all(np.isfinite(np.asarray(v, dtype=np.float64))) for v in extras):
+                path = next(iter(prepared.item.paths.values()))
+                raise InputError(path, "the model's prototype similarities are not finite (NaN or inf) for this record")
+        return super().finish(prepared, raw, out_dir)
 
     def forward(self, x: torch.Tensor, explain: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         out = self.model(x)

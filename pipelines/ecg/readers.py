@@ -2,25 +2,59 @@
 
 Every reader returns an :class:`EcgRecord` in mV with its own rate and lead names; ``transforms.preprocess_signal``
 then maps leads by name, resamples and fixes the length. Readers never log or return patient identifiers.
+
+What a file may become is bounded before anything is allocated [INF]:
+
+- the sampling rate lies in ``MIN_FS``-``MAX_FS`` (``transforms.check_sampling_rate``) and converts exactly to the
+  model's rate;
+- at most ``MAX_READ_SECONDS`` (60 s) is read: the central 60 s of a WFDB, DICOM or NPY record (a 24 h Holter is
+  cropped while reading; only the central 10 s reach the model anyway), the first 60 s of a CSV (a text file
+  cannot be entered in the middle; the result then carries a warning);
+- leads are mapped from the header before reading, and only the 12 leads are read;
+- a WFDB header is parsed here first: at most ``MAX_HEADER_BYTES``, ``MAX_CHANNELS`` signals, ``MAX_RECORD_SAMPLES``
+  samples, a skew of at most ``MAX_SKEW_SECONDS``, known formats, signal files beside the header, and files that
+  hold what the header claims;
+- a DICOM waveform's channels × samples are checked against ``WaveformData`` and only the window is converted;
+- a CSV has at most ``MAX_CHANNELS`` columns, ``MAX_CSV_LINE_BYTES`` per line and ``MAX_CSV_BYTES`` read; an NPY is
+  memory-mapped and sliced.
+
+A channel without a unit is read as mV (the WFDB default) unless the ``signal_unit`` option says otherwise, and the
+result says so; the amplitude check of ``transforms.check_signal`` catches µV or V labelled mV.
 """
 
 from __future__ import annotations
 
 import csv
-import logging
-from dataclasses import dataclass
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from models.protoecgnet import LEADS
 from pipelines.common.errors import InputError
+from pipelines.ecg.transforms import MAX_FS, canonical_lead, check_sampling_rate, lead_indices
 
 __all__ = [
     "ARRAY_SUFFIXES",
     "DICOM_SUFFIXES",
+    "MAX_CHANNELS",
+    "MAX_CSV_BYTES",
+    "MAX_CSV_LINE_BYTES",
+    "MAX_HEADER_BYTES",
+    "MAX_READ_SECONDS",
+    "MAX_RECORD_SAMPLES",
+    "MAX_SKEW_SECONDS",
     "WFDB_SUFFIXES",
     "EcgRecord",
+    "LeadConflictError",
+    "WfdbHeader",
+    "WfdbSignal",
+    "dicom_channel_lead",
+    "parse_wfdb_header",
     "read_array",
     "read_dicom",
     "read_record",
@@ -29,8 +63,6 @@ __all__ = [
     "write_dicom_ecg",
 ]
 
-logger = logging.getLogger(__name__)
-
 WFDB_SUFFIXES = (".hea", ".dat")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 ARRAY_SUFFIXES = (".csv", ".npy")
@@ -38,148 +70,598 @@ ARRAY_SUFFIXES = (".csv", ".npy")
 #: DICOM SOP class "12-lead ECG Waveform Storage"
 TWELVE_LEAD_ECG_SOP = "1.2.840.10008.5.1.4.1.1.9.1.1"
 
-_UNITS = {"mv": 1.0, "millivolt": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "microvolt": 1e-3, "v": 1e3, "volt": 1e3}
+#: the longest stretch of a record that is read (s); the model uses its central 10 s
+MAX_READ_SECONDS = 60.0
+#: the most signals (WFDB) or channels (DICOM multiplex group, CSV columns) a record may declare
+MAX_CHANNELS = 64
+#: the largest WFDB header (bytes)
+MAX_HEADER_BYTES = 64 * 1024
+#: the most samples per signal a WFDB or DICOM header may claim (a 24 h Holter at 20 kHz is 1.7e9)
+MAX_RECORD_SAMPLES = 2**32
+#: the largest WFDB skew (s)
+MAX_SKEW_SECONDS = 1.0
+#: the longest CSV line and the most CSV text read (bytes)
+MAX_CSV_LINE_BYTES = 8 * 1024
+MAX_CSV_BYTES = 256 * 1024 * 1024
+
+_UNITS = {
+    "mv": 1.0,
+    "millivolt": 1.0,
+    "uv": 1e-3,
+    "µv": 1e-3,
+    "μv": 1e-3,
+    "microvolt": 1e-3,
+    "nv": 1e-6,
+    "nanovolt": 1e-6,
+    "v": 1e3,
+    "volt": 1e3,
+}
+
+#: WFDB formats read (bits per sample on disk); 8 (differences: needs the whole record before the window) and the
+#: FLAC formats 508/516/524 (no byte-exact window) are not
+_WFDB_BITS: dict[str, Fraction] = {
+    "16": Fraction(16),
+    "61": Fraction(16),
+    "80": Fraction(8),
+    "160": Fraction(16),
+    "24": Fraction(24),
+    "32": Fraction(32),
+    "212": Fraction(12),
+    "310": Fraction(32, 3),
+    "311": Fraction(32, 3),
+}
+
+#: DICOM CID 3001 lead codes: SCP-ECG and ISO/IEEE 11073 MDC (``2:n``, or its context-free number 131072 + n)
+_LEAD_NUMBERS = {"I": 1, "II": 2, "III": 61, "aVR": 62, "aVL": 63, "aVF": 64, **{f"V{i}": i + 2 for i in range(1, 7)}}
+_CODED_LEADS: dict[tuple[str, str], str] = {}
+for _lead, _n in _LEAD_NUMBERS.items():
+    _CODED_LEADS[("SCPECG", f"5.6.3-9-{_n}")] = _lead
+    _CODED_LEADS[("MDC", f"2:{_n}")] = _lead
+    _CODED_LEADS[("MDC", str(2 * 65536 + _n))] = _lead
+
+#: DICOM waveform sample types read; mu-law and A-law (MB, AB) are companded and not
+_DICOM_DTYPES = {
+    (8, "SB"): "i1",
+    (8, "UB"): "u1",
+    (16, "SS"): "i2",
+    (16, "US"): "u2",
+    (32, "SL"): "i4",
+    (32, "UL"): "u4",
+    (64, "SV"): "i8",
+    (64, "UV"): "u8",
+}
 
 
 @dataclass
 class EcgRecord:
-    """A raw record: ``signal`` (n_leads, n) in mV at ``fs`` Hz, rows named by ``leads`` (None: canonical order)."""
+    """A raw record: ``signal`` (n_leads, n) in mV at ``fs`` Hz, rows named by ``leads`` (None: canonical order).
+
+    ``total_samples`` is the record's whole length when only a window of it was read; ``warnings`` are what the
+    result must state about the reading (units assumed, a CSV read only in part).
+    """
 
     signal: np.ndarray
     fs: float
     leads: list[str] | None
     path: Path
+    total_samples: int | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
-        return self.signal.shape[-1] / self.fs
+        """The record's duration (not only the window read)."""
+        n = self.total_samples if self.total_samples is not None else self.signal.shape[-1]
+        return n / self.fs
 
 
 def unit_scale_to_mv(unit: str, path: str | Path) -> float:
-    """Factor that converts a unit (mV, uV, µV, V, UCUM codes) to mV.
+    """Factor that converts a unit (mV, uV, µV, V, UCUM codes) to mV; an empty unit is mV.
 
     Raises:
         InputError: unknown unit.
     """
     key = str(unit or "").strip().lower()
     if key == "":
-        logger.warning("%s: no signal unit given; assuming mV", path)
         return 1.0
     if key not in _UNITS:
         raise InputError(path, f"unsupported signal unit {unit!r} (expected mV, uV or V)")
     return _UNITS[key]
 
 
-def read_wfdb(path: str | Path) -> EcgRecord:
-    """A WFDB record given as ``name.hea``, ``name.dat`` or ``name`` (any rate; units converted to mV).
+def _window(n: int, fs: float) -> tuple[int, int]:
+    """The central ``MAX_READ_SECONDS`` of ``n`` samples: (start, stop)."""
+    w = min(n, round(MAX_READ_SECONDS * fs))
+    start = (n - w) // 2
+    return start, start + w
+
+
+def _no_unit_warning(channels: list[str]) -> str:
+    return (
+        f"no signal unit in the file for {', '.join(channels)}: read as mV (pass signal_unit to say otherwise); "
+        "amplitudes were checked for plausibility only"
+    )
+
+
+# -- WFDB --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WfdbSignal:
+    """One signal line of a WFDB header (the fields the reader uses)."""
+
+    file_name: str
+    fmt: str
+    samples_per_frame: int
+    skew: int
+    byte_offset: int
+    gain: float
+    baseline: int
+    units: str | None
+    description: str
+
+
+@dataclass(frozen=True)
+class WfdbHeader:
+    """A single-segment WFDB header: rate, samples per signal (None when the header omits it) and signals."""
+
+    n_sig: int
+    fs: float
+    n_samples: int | None
+    signals: tuple[WfdbSignal, ...]
+
+
+_FMT_RE = re.compile(r"^(\d+)(?:x(\d+))?(?::(\d+))?(?:\+(\d+))?$")
+_GAIN_RE = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(?:\((-?\d+)\))?(?:/(\S*))?$")
+_FS_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(?:/\S*)?$")
+_FILE_RE = re.compile(r"^[\w][\w.-]*$")
+
+
+def parse_wfdb_header(text: str, path: str | Path) -> WfdbHeader:
+    """Parse and bound a WFDB header (``header(5)`` syntax) before wfdb reads anything.
 
     Raises:
-        InputError: no header, unreadable record.
+        InputError: a multi-segment record, more than ``MAX_CHANNELS`` signals, a rate outside the accepted range,
+            more than ``MAX_RECORD_SAMPLES`` samples, an unknown format, a skew beyond ``MAX_SKEW_SECONDS``, a signal
+            file name with a path, or a malformed line.
+    """
+    lines = [ln.strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not lines:
+        raise InputError(path, "empty WFDB header")
+    record = lines[0].split()
+    if len(record) < 2:
+        raise InputError(path, "WFDB header: the record line needs a name and a number of signals")
+    if "/" in record[0]:
+        raise InputError(path, "multi-segment WFDB records are not supported; give a single-segment record")
+    if not record[1].isdigit():
+        raise InputError(path, f"WFDB header: invalid number of signals {record[1]!r}")
+    n_sig = int(record[1])
+    if not 1 <= n_sig <= MAX_CHANNELS:
+        raise InputError(path, f"WFDB header declares {n_sig} signals; 1 to {MAX_CHANNELS} are accepted")
+    fs = 250.0  # the WFDB default
+    if len(record) > 2:
+        m = _FS_RE.match(record[2])
+        if m is None:
+            raise InputError(path, f"WFDB header: invalid sampling frequency {record[2]!r}")
+        fs = float(m.group(1))
+    fs = check_sampling_rate(fs, path)
+    n_samples: int | None = None
+    if len(record) > 3:
+        if not record[3].isdigit():
+            raise InputError(path, f"WFDB header: invalid number of samples {record[3]!r}")
+        n_samples = int(record[3])
+        if n_samples > MAX_RECORD_SAMPLES:
+            raise InputError(
+                path, f"WFDB header claims {n_samples} samples per signal; at most {MAX_RECORD_SAMPLES} are accepted"
+            )
+    if len(lines) - 1 < n_sig:
+        raise InputError(path, f"WFDB header declares {n_sig} signals but has {len(lines) - 1} signal lines")
+    max_skew = round(MAX_SKEW_SECONDS * fs)
+    signals = []
+    for i, line in enumerate(lines[1 : 1 + n_sig]):
+        fields = line.split(maxsplit=8)
+        where = f"WFDB header, signal {i + 1}"
+        if len(fields) < 2:
+            raise InputError(path, f"{where}: needs a file name and a format")
+        name = fields[0]
+        if not _FILE_RE.match(name) or ".." in name:
+            raise InputError(
+                path, f"{where}: signal file {name!r} must be a plain file name beside the header (no path)"
+            )
+        fm = _FMT_RE.match(fields[1])
+        if fm is None:
+            raise InputError(path, f"{where}: invalid format field {fields[1]!r}")
+        fmt = fm.group(1)
+        if fmt not in _WFDB_BITS:
+            raise InputError(
+                path,
+                f"{where}: WFDB format {fmt} is not supported (supported: {', '.join(sorted(_WFDB_BITS, key=int))})",
+            )
+        spf = int(fm.group(2) or 1)
+        if spf < 1 or spf * fs > MAX_FS:
+            raise InputError(
+                path, f"{where}: {spf} samples per frame at {fs:g} Hz is beyond the accepted {MAX_FS:g} Hz"
+            )
+        skew = int(fm.group(3) or 0)
+        if skew > max_skew:
+            raise InputError(
+                path, f"{where}: skew of {skew} samples; at most {max_skew} ({MAX_SKEW_SECONDS:g} s) is accepted"
+            )
+        gain, baseline, units = 200.0, 0, None
+        if len(fields) > 2:
+            gm = _GAIN_RE.match(fields[2])
+            if gm is None:
+                raise InputError(path, f"{where}: invalid gain field {fields[2]!r}")
+            gain = float(gm.group(1)) or 200.0  # 0 means the default 200
+            baseline = int(gm.group(2)) if gm.group(2) is not None else 0
+            units = gm.group(3) or None
+        if not np.isfinite(gain):
+            raise InputError(path, f"{where}: invalid gain {fields[2]!r}")
+        description = fields[8].strip() if len(fields) > 8 else ""
+        signals.append(WfdbSignal(name, fmt, spf, skew, int(fm.group(4) or 0), gain, baseline, units, description))
+    return WfdbHeader(n_sig, fs, n_samples, tuple(signals))
+
+
+def _wfdb_file_samples(header: WfdbHeader, folder: Path, path: Path) -> int:
+    """Check every signal file against the header; the samples per signal they hold (the header's when given).
+
+    Raises:
+        InputError: a missing file, mixed formats in one file, or a file shorter than the header claims.
+    """
+    groups: dict[str, list[WfdbSignal]] = {}
+    for sig in header.signals:
+        groups.setdefault(sig.file_name, []).append(sig)
+    held: list[int] = []
+    for name, sigs in groups.items():
+        dat = folder / name
+        if not dat.is_file() or dat.resolve().parent != folder.resolve():
+            raise InputError(path, f"signal file {name} not found beside the header")
+        if len({(s.fmt, s.byte_offset) for s in sigs}) != 1:
+            raise InputError(path, f"signal file {name}: its signals declare different formats or byte offsets")
+        bits_per_frame = _WFDB_BITS[sigs[0].fmt] * sum(s.samples_per_frame for s in sigs)
+        size = dat.stat().st_size - sigs[0].byte_offset
+        frames = int(Fraction(max(size, 0) * 8) / bits_per_frame)
+        if header.n_samples is not None and frames < header.n_samples:
+            raise InputError(
+                path,
+                f"signal file {name} holds {frames} samples per signal but the header claims {header.n_samples}: "
+                "truncated or not this record's file",
+            )
+        held.append(frames)
+    return header.n_samples if header.n_samples is not None else min(held)
+
+
+def read_wfdb(path: str | Path, signal_unit: str | None = None) -> EcgRecord:
+    """A WFDB record given as ``name.hea``, ``name.dat`` or ``name`` (any accepted rate; units converted to mV).
+
+    The header is parsed and bounded here first; then only the 12 leads and the central ``MAX_READ_SECONDS`` are
+    read (``wfdb.rdrecord`` with ``channels``, ``sampfrom`` and ``sampto``).
+
+    Args:
+        path: the record.
+        signal_unit: unit of signals whose header gives none (default mV, the WFDB default).
+
+    Raises:
+        InputError: no header, a header beyond the bounds (see :func:`parse_wfdb_header`), missing leads, signal
+            files that do not hold what the header claims, unreadable record.
     """
     import wfdb
 
     path = Path(path)
     base = path.with_suffix("") if path.suffix.lower() in WFDB_SUFFIXES else path
-    header = base.with_suffix(".hea")
-    if not header.is_file():
+    header_path = base.with_suffix(".hea")
+    if not header_path.is_file():
         raise InputError(path, "WFDB header (.hea) not found")
+    size = header_path.stat().st_size
+    if size > MAX_HEADER_BYTES:
+        raise InputError(path, f"WFDB header of {size} bytes; at most {MAX_HEADER_BYTES} are accepted")
+    header = parse_wfdb_header(header_path.read_bytes().decode("latin-1"), path)
+    names = [s.description for s in header.signals]
+    channels = sorted(lead_indices(names, path))
+    n = _wfdb_file_samples(header, base.parent, path)
+    if n == 0:
+        raise InputError(path, "WFDB record holds no samples")
+    sampfrom, sampto = _window(n, header.fs)
+    if header.n_samples is None and sampto - sampfrom < n:
+        raise InputError(
+            path,
+            f"WFDB header gives no number of samples and its signal files hold more than {MAX_READ_SECONDS:g} s; "
+            "add the number of samples to the record line",
+        )
     try:
-        rec = wfdb.rdrecord(str(base))
+        # wfdb derives a missing length from the file only when reading to the end
+        end = sampto if header.n_samples is not None else None
+        rec = wfdb.rdrecord(str(base), sampfrom=sampfrom, sampto=end, channels=channels)
     except Exception as exc:  # wfdb raises assorted types for a corrupt record
         raise InputError(path, f"not a readable WFDB record ({type(exc).__name__}: {exc})") from exc
-    if rec.p_signal is None:
-        raise InputError(path, "WFDB record has no physical signal")
+    if rec.p_signal is None or rec.p_signal.shape != (sampto - sampfrom, len(channels)):
+        raise InputError(path, "WFDB record does not hold the signal its header describes")
     sig = np.asarray(rec.p_signal, dtype=np.float64).T
-    units = rec.units or [""] * sig.shape[0]
+    unitless = [names[c] for c in channels if header.signals[c].units is None]
+    default_unit = signal_unit or "mV"
+    units = [header.signals[c].units or default_unit for c in channels]
     scales = np.array([unit_scale_to_mv(u, path) for u in units])[:, None]
-    return EcgRecord(sig * scales, float(rec.fs), list(rec.sig_name), path)
+    warnings = [_no_unit_warning(unitless)] if unitless and signal_unit is None else []
+    return EcgRecord(sig * scales, header.fs, [names[c] for c in channels], path, n, warnings)
 
 
-def _waveform_group(ds, path: Path) -> int:
-    seq = getattr(ds, "WaveformSequence", None)
-    if not seq:
-        raise InputError(path, "DICOM file has no WaveformSequence (not an ECG waveform)")
-    for i, item in enumerate(seq):
-        if int(getattr(item, "NumberOfWaveformChannels", 0)) >= len(LEADS):
-            return i
-    return 0
+# -- DICOM -------------------------------------------------------------------------------------------------------
+def _group_facts(item: Any) -> tuple[str, str, int, int]:
+    label = str(item.get("MultiplexGroupLabel", "") or "").strip()
+    originality = str(item.get("WaveformOriginality", "") or "").strip().upper()
+    try:
+        channels = int(item.get("NumberOfWaveformChannels", 0) or 0)
+        samples = int(item.get("NumberOfWaveformSamples", 0) or 0)
+    except (TypeError, ValueError):
+        channels, samples = 0, 0
+    return label, originality, channels, samples
 
 
-def read_dicom(path: str | Path) -> EcgRecord:
-    """A DICOM ECG waveform (12-lead ECG Waveform Storage or General ECG), leads from the channel source codes.
-
-    Sensitivity, correction factor and baseline are applied by pydicom; the channel sensitivity unit is
-    converted to mV. Patient attributes are never read.
+def _choose_group(seq: Any, path: Path) -> int:
+    """The rhythm multiplex group: 12+ channels, labelled RHYTHM, else ORIGINAL, else the longest.
 
     Raises:
-        InputError: not DICOM, no waveform, unreadable waveform data.
+        InputError: no group with 12 channels, or only a median beat.
+    """
+    facts = [_group_facts(item) for item in seq]
+    full = [i for i, f in enumerate(facts) if f[2] >= len(LEADS)]
+    if not full:
+        found = "; ".join(f"{f[0] or 'unlabelled'}: {f[2]} channels" for f in facts)
+        raise InputError(path, f"no DICOM waveform multiplex group with 12 or more channels ({found})")
+    rhythm = [i for i in full if facts[i][0].upper() == "RHYTHM"]
+    original = [i for i in full if facts[i][1] == "ORIGINAL"]
+    pool = rhythm or original or full
+    best = max(pool, key=lambda i: facts[i][3])
+    if "MEDIAN" in facts[best][0].upper() or "AVERAGE" in facts[best][0].upper():
+        raise InputError(path, "the DICOM file holds only a median (average) beat, no rhythm waveform")
+    return best
+
+
+class LeadConflictError(ValueError):
+    """A DICOM channel whose source code and label name different leads."""
+
+
+def dicom_channel_lead(channel: Any) -> tuple[str | None, str]:
+    """The canonical lead of a DICOM channel definition (or None) and a label for messages.
+
+    The coded channel source (SCP-ECG ``5.6.3-9-n`` or MDC ``2:n``/``131072 + n``) decides first; the code meaning
+    and the channel label are read tolerantly (``Lead I (Einthoven)``, ``avr``, ``D2``) when the code is unknown.
+
+    Raises:
+        LeadConflictError: the code and a label name different leads.
+    """
+    src = channel.ChannelSourceSequence[0] if channel.get("ChannelSourceSequence") else None
+    scheme = str(getattr(src, "CodingSchemeDesignator", "") or "").strip().upper()
+    code = str(getattr(src, "CodeValue", "") or "").strip()
+    meaning = str(getattr(src, "CodeMeaning", "") or "").strip()
+    label = str(channel.get("ChannelLabel", "") or "").strip()
+    coded = _CODED_LEADS.get((scheme, code))
+    if coded is None and scheme == "MDC" and code.upper().startswith("MDC_ECG_LEAD_"):
+        coded = canonical_lead(code)
+    named = {lead for lead in (canonical_lead(meaning), canonical_lead(label)) if lead is not None}
+    leads = named | ({coded} if coded else set())
+    shown = meaning or label or f"{scheme} {code}".strip() or "unlabelled"
+    if len(leads) > 1:
+        raise LeadConflictError(f"channel {shown!r} (code {scheme} {code}) names leads {', '.join(sorted(leads))}")
+    return (coded or next(iter(named), None)), shown
+
+
+def read_dicom(path: str | Path, signal_unit: str | None = None) -> EcgRecord:
+    """A DICOM ECG waveform (12-lead ECG Waveform Storage, General or Ambulatory ECG).
+
+    The rhythm multiplex group is taken (not a median beat), leads are mapped from the coded channel sources
+    first, then from their meanings and labels; channels × samples are checked against the waveform data and only
+    the 12 leads of the central ``MAX_READ_SECONDS`` are converted (physical = raw × sensitivity × correction +
+    baseline, in the channel's sensitivity unit, then mV). Patient attributes are never read.
+
+    Args:
+        path: the file.
+        signal_unit: unit of channels with no sensitivity unit (default mV).
+
+    Raises:
+        InputError: not DICOM, no usable waveform, bounds exceeded, unmappable or conflicting leads, short data.
     """
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     path = Path(path)
     try:
         ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, ValueError) as exc:
+    except Exception as exc:  # pydicom raises assorted types for a corrupt file (InvalidDicomError, BytesLength...)
         raise InputError(path, f"not a readable DICOM file ({type(exc).__name__})") from exc
-    group = _waveform_group(ds, path)
-    item = ds.WaveformSequence[group]
     try:
-        data = np.asarray(ds.waveform_array(group), dtype=np.float64).T  # (channels, samples)
-        fs = float(item.SamplingFrequency)
-    except (AttributeError, ValueError, KeyError) as exc:
-        raise InputError(path, f"unreadable DICOM waveform ({type(exc).__name__}: {exc})") from exc
-    names, scales = [], []
-    for ch in item.ChannelDefinitionSequence:
-        src = ch.ChannelSourceSequence[0] if "ChannelSourceSequence" in ch else None
-        label = getattr(ch, "ChannelLabel", "") or ""
-        names.append(str(getattr(src, "CodeMeaning", "") or label or getattr(src, "CodeValue", "")))
+        return _dicom_record(ds, path, signal_unit)
+    except InputError:
+        raise
+    except Exception as exc:  # pydicom converts elements lazily and raises assorted types for a corrupt one
+        raise InputError(path, f"unreadable DICOM waveform ({type(exc).__name__})") from exc
+
+
+def _dicom_record(ds: Any, path: Path, signal_unit: str | None) -> EcgRecord:
+    seq = ds.get("WaveformSequence")
+    if not seq:
+        raise InputError(path, "DICOM file has no WaveformSequence (not an ECG waveform)")
+    group = _choose_group(seq, path)
+    item = seq[group]
+    _, _, n_ch, n = _group_facts(item)
+    if n_ch > MAX_CHANNELS:
+        raise InputError(path, f"DICOM waveform of {n_ch} channels; at most {MAX_CHANNELS} are accepted")
+    if not 1 <= n <= MAX_RECORD_SAMPLES:
+        raise InputError(path, f"DICOM waveform of {n} samples; 1 to {MAX_RECORD_SAMPLES} are accepted")
+    if "SamplingFrequency" not in item:
+        raise InputError(path, "DICOM waveform has no SamplingFrequency")
+    fs = check_sampling_rate(item.SamplingFrequency, path)
+    bits = int(item.get("WaveformBitsAllocated", 0) or 0)
+    interpretation = str(item.get("WaveformSampleInterpretation", "") or "").strip().upper()
+    code = _DICOM_DTYPES.get((bits, interpretation))
+    if code is None:
+        raise InputError(path, f"unsupported DICOM waveform samples: {bits} bits, interpretation {interpretation!r}")
+    defs = item.get("ChannelDefinitionSequence") or []
+    if len(defs) != n_ch:
+        raise InputError(path, f"DICOM waveform declares {n_ch} channels but defines {len(defs)}")
+    names: list[str] = []
+    try:
+        for ch in defs:
+            lead, shown = dicom_channel_lead(ch)
+            names.append(lead or shown)
+    except LeadConflictError as exc:
+        raise InputError(path, f"conflicting DICOM lead coding: {exc}") from exc
+    channels = sorted(lead_indices(names, path))
+    data = item.get("WaveformData")
+    itemsize = bits // 8
+    need = n * n_ch * itemsize
+    if data is None or len(data) < need:
+        held = 0 if data is None else len(data)
+        raise InputError(
+            path, f"DICOM WaveformData holds {held} bytes; {n_ch} channels × {n} samples need {need}: truncated"
+        )
+    start, stop = _window(n, fs)
+    dtype = np.dtype(code).newbyteorder("<" if ds.original_encoding[1] in (True, None) else ">")
+    raw = np.frombuffer(data, dtype=dtype, count=(stop - start) * n_ch, offset=start * n_ch * itemsize)
+    sig = raw.reshape(stop - start, n_ch)[:, channels].T.astype(np.float64)
+    unitless = []
+    for row, c in enumerate(channels):
+        ch = defs[c]
         unit = ""
-        if "ChannelSensitivityUnitsSequence" in ch:
-            unit = str(ch.ChannelSensitivityUnitsSequence[0].CodeValue)
-        scales.append(unit_scale_to_mv(unit, path))
-    return EcgRecord(data * np.asarray(scales)[:, None], fs, names, path)
+        if ch.get("ChannelSensitivityUnitsSequence"):
+            u = ch.ChannelSensitivityUnitsSequence[0]
+            unit = str(u.get("CodeValue", "") or u.get("CodeMeaning", "") or "")
+        if not unit:
+            unitless.append(names[c])
+        to_mv = unit_scale_to_mv(unit or signal_unit or "mV", path)
+        sensitivity = float(ch.get("ChannelSensitivity", 1.0) or 1.0)
+        correction = float(ch.get("ChannelSensitivityCorrectionFactor", 1.0) or 1.0)
+        baseline = float(ch.get("ChannelBaseline", 0.0) or 0.0)
+        sig[row] = (sig[row] * sensitivity * correction + baseline) * to_mv
+    warnings = [_no_unit_warning(unitless)] if unitless and signal_unit is None else []
+    return EcgRecord(sig, fs, [names[c] for c in channels], path, n, warnings)
 
 
-def read_array(path: str | Path, sampling_rate: float | None) -> EcgRecord:
-    """A CSV (rows = samples, columns = leads; a header row of lead names, else canonical order) or NPY
-    ((12, n) or (n, 12), canonical order) in mV at ``sampling_rate``.
+# -- CSV and NPY ---------------------------------------------------------------------------------------------------
+def _csv_lines(fh: Any, path: Path) -> Iterator[str]:
+    """Non-blank lines, each at most ``MAX_CSV_LINE_BYTES``, at most ``MAX_CSV_BYTES`` in all."""
+    total = 0
+    while True:
+        line = fh.readline(MAX_CSV_LINE_BYTES + 1)
+        if not line:
+            return
+        if len(line) > MAX_CSV_LINE_BYTES:
+            raise InputError(path, f"CSV line longer than {MAX_CSV_LINE_BYTES} characters")
+        total += len(line)
+        if total > MAX_CSV_BYTES:
+            raise InputError(path, f"more than {MAX_CSV_BYTES // 2**20} MiB of CSV text in {MAX_READ_SECONDS:g} s")
+        if line.strip():
+            yield line
 
-    Raises:
-        InputError: no sampling rate given, unreadable file, not 12 columns.
-    """
-    path = Path(path)
-    if sampling_rate is None or sampling_rate <= 0:
-        raise InputError(path, "CSV/NPY files carry no sampling rate; pass --sampling-rate HZ")
-    names: list[str] | None = None
-    try:
-        if path.suffix.lower() == ".npy":
-            arr = np.load(path, allow_pickle=False)
+
+def _read_csv(path: Path, max_rows: int) -> tuple[np.ndarray, list[str] | None, bool]:
+    """(n, leads) values, their names (None: canonical order) and whether rows were left unread."""
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        lines = _csv_lines(fh, path)
+        first = next(lines, None)
+        if first is None:
+            raise InputError(path, "empty CSV file")
+        cells = next(csv.reader([first]))
+        if len(cells) > MAX_CHANNELS:
+            raise InputError(
+                path, f"CSV with {len(cells)} columns; at most {MAX_CHANNELS} (one per lead, one row per sample)"
+            )
+        try:
+            [float(v) for v in cells]
+            names = None
+        except ValueError:
+            names = [c.strip() for c in cells]
+        if names is None:
+            if len(cells) != len(LEADS):
+                raise InputError(
+                    path,
+                    f"a CSV without a header row needs 12 leads as columns in canonical order (one row per sample); "
+                    f"got {len(cells)} columns",
+                )
+            columns = list(range(len(LEADS)))
         else:
-            with path.open(newline="") as fh:
-                rows = [r for r in csv.reader(fh) if r]
-            if not rows:
-                raise InputError(path, "empty CSV file")
-            try:
-                [float(v) for v in rows[0]]
-            except ValueError:
-                names, rows = [c.strip() for c in rows[0]], rows[1:]
-            arr = np.array([[float(v) if v.strip() else np.nan for v in r] for r in rows], dtype=np.float64).T
-    except (OSError, ValueError) as exc:
-        raise InputError(path, f"unreadable {path.suffix} file ({type(exc).__name__}: {exc})") from exc
-    arr = np.asarray(arr, dtype=np.float64)
+            columns = sorted(lead_indices(names, path))
+        more = False
+
+        def rows() -> Iterator[str]:
+            nonlocal more
+            if names is None:
+                yield first
+            count = 1 if names is None else 0
+            for line in lines:
+                if count >= max_rows:
+                    more = True
+                    return
+                count += 1
+                yield line
+
+        arr = np.loadtxt(rows(), delimiter=",", quotechar='"', usecols=columns, ndmin=2, dtype=np.float64)
+    return arr, (None if names is None else [names[c] for c in columns]), more
+
+
+def _read_npy(path: Path, fs: float) -> tuple[np.ndarray, int]:
+    """(12, window) values of an NPY record (memory-mapped; only the window is copied) and its length."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # numpy's header parser raises assorted types (ValueError, tokenize.TokenError...)
+        raise InputError(path, f"not a readable NPY file ({type(exc).__name__})") from exc
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iuf":
+        raise InputError(path, "an NPY record must hold one numeric array")
     if arr.ndim != 2:
         raise InputError(path, f"expected a 2D array, got shape {arr.shape}")
-    if names is None:
-        if arr.shape[0] != len(LEADS) and arr.shape[1] == len(LEADS):
-            arr = arr.T
-        if arr.shape[0] != len(LEADS):
-            raise InputError(path, f"expected 12 leads in canonical order, got shape {arr.shape}")
-    return EcgRecord(arr, float(sampling_rate), names, path)
+    if arr.shape[0] == len(LEADS):
+        n = arr.shape[1]
+        start, stop = _window(n, fs)
+        out = np.array(arr[:, start:stop], dtype=np.float64)
+    elif arr.shape[1] == len(LEADS):
+        n = arr.shape[0]
+        start, stop = _window(n, fs)
+        out = np.array(arr[start:stop].T, dtype=np.float64)
+    else:
+        raise InputError(path, f"expected 12 leads in canonical order, got shape {arr.shape}")
+    return out, n
 
 
-def read_record(path: str | Path, sampling_rate: float | None = None) -> EcgRecord:
+def read_array(path: str | Path, sampling_rate: float | None, signal_unit: str | None = None) -> EcgRecord:
+    """A CSV (rows = samples, columns = leads; a header row of lead names, else 12 columns in canonical order) or
+    NPY ((12, n) or (n, 12), canonical order) at ``sampling_rate``, in ``signal_unit`` (default mV).
+
+    An NPY is memory-mapped and its central ``MAX_READ_SECONDS`` copied; a CSV is read up to its first
+    ``MAX_READ_SECONDS`` (the rest is not read, and the record says so in its warnings).
+
+    Raises:
+        InputError: no or a refused sampling rate, unreadable file, bounds exceeded, not 12 leads.
+    """
+    path = Path(path)
+    if sampling_rate is None:
+        raise InputError(path, "CSV/NPY files carry no sampling rate; pass --sampling-rate HZ")
+    fs = check_sampling_rate(sampling_rate, path)
+    scale = unit_scale_to_mv(signal_unit or "mV", path)
+    names: list[str] | None = None
+    warnings: list[str] = []
+    total: int | None = None
+    try:
+        if path.suffix.lower() == ".npy":
+            arr, total = _read_npy(path, fs)
+        else:
+            values, names, more = _read_csv(path, round(MAX_READ_SECONDS * fs))
+            arr = values.T
+            if more:
+                warnings.append(
+                    f"the CSV is longer than {MAX_READ_SECONDS:g} s: only its first {MAX_READ_SECONDS:g} s were "
+                    "read (and their central 10 s used)"
+                )
+    except (OSError, ValueError, EOFError, csv.Error) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(path, f"unreadable {path.suffix} file ({type(exc).__name__}: {exc})") from exc
+    return EcgRecord(arr * scale, fs, names, path, total, warnings)
+
+
+def read_record(path: str | Path, sampling_rate: float | None = None, signal_unit: str | None = None) -> EcgRecord:
     """Read one record by its suffix (.hea/.dat/no suffix → WFDB, .dcm → DICOM, .csv/.npy → array).
+
+    Args:
+        path: the record.
+        sampling_rate: rate of a CSV/NPY record (Hz).
+        signal_unit: unit of CSV/NPY values, and of WFDB/DICOM channels whose file gives none (default mV).
 
     Raises:
         InputError: missing file or unsupported format.
@@ -189,13 +671,13 @@ def read_record(path: str | Path, sampling_rate: float | None = None) -> EcgReco
     if suffix in WFDB_SUFFIXES or (suffix == "" and path.with_suffix(".hea").is_file()):
         if not path.exists() and not path.with_suffix(".hea").is_file():
             raise InputError(path, "does not exist")
-        return read_wfdb(path)
+        return read_wfdb(path, signal_unit)
     if not path.exists():
         raise InputError(path, "does not exist")
     if suffix in DICOM_SUFFIXES:
-        return read_dicom(path)
+        return read_dicom(path, signal_unit)
     if suffix in ARRAY_SUFFIXES:
-        return read_array(path, sampling_rate)
+        return read_array(path, sampling_rate, signal_unit)
     raise InputError(path, f"unsupported ECG format {suffix or '(no suffix)'}; use WFDB, DICOM, CSV or NPY")
 
 
@@ -212,7 +694,8 @@ def write_dicom_ecg(
         path: output file.
         signal_mv: (n_leads, n) in mV.
         fs: sampling rate in Hz.
-        leads: lead names in row order (written as "Lead X" channel sources, SCPECG codes).
+        leads: lead names in row order (written as "Lead X" channel sources with their SCP-ECG codes, CID 3001;
+            a name that is no canonical lead gets a label only).
         sensitivity_uv: µV per stored integer unit.
     """
     from pydicom.dataset import Dataset as DicomDataset
@@ -237,10 +720,12 @@ def write_dicom_ecg(
     ds.PatientName = "SYNTHETIC"
     ds.PatientID = "SYNTHETIC"
     channels = []
-    for i, lead in enumerate(leads):
+    for lead in leads:
         src = DicomDataset()
-        src.CodeValue = f"5.6.3-9-{i + 1}"
-        src.CodingSchemeDesignator = "SCPECG"
+        canon = canonical_lead(lead)
+        if canon is not None:
+            src.CodeValue = f"5.6.3-9-{_LEAD_NUMBERS[canon]}"
+            src.CodingSchemeDesignator = "SCPECG"
         src.CodeMeaning = f"Lead {lead}"
         unit = DicomDataset()
         unit.CodeValue = "uV"

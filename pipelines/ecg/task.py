@@ -21,8 +21,9 @@ from pipelines.common.task import (
     register_task,
 )
 from pipelines.ecg.config import MODEL_NAME, SAMPLING_RATE, EcgConfig, EcgOptions, EcgTrainOptions
-from pipelines.ecg.readers import ARRAY_SUFFIXES, DICOM_SUFFIXES
+from pipelines.ecg.readers import ARRAY_SUFFIXES, DICOM_SUFFIXES, MAX_READ_SECONDS
 from pipelines.ecg.train import EcgRun
+from pipelines.ecg.transforms import MAX_FS, MIN_FS
 
 __all__ = ["EcgTask"]
 
@@ -59,7 +60,8 @@ class EcgTask(Task):
     @property
     def contract(self) -> InputContract:
         return InputContract(
-            description="one 12-lead resting ECG, 10 s (8 s minimum), any rate >= 100 Hz",
+            description=f"one 12-lead resting ECG, 10 s (8 s minimum), {MIN_FS:g} Hz to {MAX_FS:g} Hz "
+            f"(>= {SAMPLING_RATE:g} Hz recommended)",
             kind="signal",
             channels=LEADS,
             formats=(
@@ -69,9 +71,13 @@ class EcgTask(Task):
                 "NPY (needs the sampling_rate option)",
             ),
             heads=(OutputHead("statements", PTBXL_LABELS, "sigmoid"),),
-            notes=f"Leads mapped by name (any order; CSV without header and NPY in the order above); units converted "
-            f"to mV (CSV/NPY must be mV); resampled to the model's {SAMPLING_RATE:g} Hz; longer records: central "
-            "10 s; 8-10 s: zero-padded; a missing lead, NaN, a flat lead or < 8 s is an error.",
+            notes=f"Leads mapped by code (DICOM SCP-ECG/MDC) or name (any order; WFDB names such as MLII, D1-D3; "
+            "CSV without header and NPY in the order above); DICOM: the rhythm multiplex group; units converted to "
+            "mV (CSV/NPY in mV unless signal_unit says uV or V; a file without units is read as mV, with a warning); "
+            f"the rate must convert exactly to the model's {SAMPLING_RATE:g} Hz; at most the central "
+            f"{MAX_READ_SECONDS:g} s are read (CSV: the first {MAX_READ_SECONDS:g} s); longer records: central 10 s; "
+            "8-10 s: zero-padded; a missing lead, NaN, amplitudes beyond an ECG in mV (uV labelled mV), a flat lead "
+            "or < 8 s is an error.",
         )
 
     def generate(self, out_dir: Path, n: int, seed: int, dicom: bool, variant: str | None) -> tuple[Path, dict]:

@@ -4,11 +4,15 @@ One rule set turns any read record into the model's input (12, 1000) float32 in 
 
 1. leads are mapped by name to I, II, III, aVR, aVL, aVF, V1–V6 (any order, extra leads ignored; a missing
    lead is an error);
-2. NaN/inf anywhere, or a flat lead (peak-to-peak below 10 µV), is an error;
-3. resampled to 100 Hz with a polyphase filter (``scipy.signal.resample_poly``);
-4. length rule [INF]: longer than 10 s → the central 10 s; 8–10 s → zero-padded at the end (after the high-pass
+2. NaN/inf anywhere, amplitudes no ECG in mV can have (µV or V labelled mV), or a flat lead (peak-to-peak below
+   10 µV) is an error;
+3. the sampling rate must lie in [``MIN_FS``, ``MAX_FS``] and convert exactly to 100 Hz with polyphase factors of
+   at most ``MAX_RESAMPLE_FACTOR`` (a rate that could only be approximated would stretch time, so it is refused);
+   a record longer than 12 s is cut to its central 12 s first (the 1 s margins absorb the filter's edges);
+4. resampled to 100 Hz with a polyphase filter (``scipy.signal.resample_poly``);
+5. length rule [INF]: longer than 10 s → the central 10 s; 8–10 s → zero-padded at the end (after the high-pass
    filter, 0 mV is the isoelectric baseline); shorter than 8 s → an error;
-5. baseline wander removed by a zero-phase first-order Butterworth high-pass at 0.5 Hz (``filtfilt``).
+6. baseline wander removed by a zero-phase first-order Butterworth high-pass at 0.5 Hz (``filtfilt``).
 """
 
 from __future__ import annotations
@@ -24,35 +28,86 @@ from pipelines.common.errors import InputError
 
 __all__ = [
     "FLAT_PEAK_TO_PEAK_MV",
+    "MAX_FS",
+    "MAX_PLAUSIBLE_MV",
+    "MAX_RESAMPLE_FACTOR",
+    "MIN_FS",
     "MIN_SECONDS",
     "TARGET_SECONDS",
     "canonical_lead",
+    "check_sampling_rate",
     "check_signal",
     "fit_length",
     "highpass",
+    "lead_indices",
     "map_leads",
     "preprocess_signal",
+    "rate_problem",
     "resample",
+    "resample_factors",
+    "robust_amplitude_mv",
 ]
 
 TARGET_SECONDS = 10.0
 MIN_SECONDS = 8.0
 FLAT_PEAK_TO_PEAK_MV = 0.01
+#: the sampling rates accepted from form fields, WFDB headers and DICOM alike (Hz)
+MIN_FS = 50.0
+MAX_FS = 20_000.0
+#: the largest polyphase up or down factor: beyond it a rate only converts approximately (or at absurd cost)
+MAX_RESAMPLE_FACTOR = 10_000
+#: a robust amplitude (see :func:`robust_amplitude_mv`) above this is no ECG in mV: µV labelled mV, most likely
+MAX_PLAUSIBLE_MV = 20.0
+#: margin kept on each side of the central 10 s when a long record is cut before resampling (filter edges)
+RESAMPLE_MARGIN_SECONDS = 1.0
 
 _CANON = {name.upper(): name for name in LEADS}
+#: other spellings of the limb leads: European D1-D3 / DI-DIII and MIT-BIH's modified limb leads (MLII)
+_ALIASES = {"D1": "I", "D2": "II", "D3": "III", "DI": "I", "DII": "II", "DIII": "III"}
+_ALIASES.update({f"ML{lead}": lead for lead in ("I", "II", "III")})
 
 
 def canonical_lead(name: str) -> str | None:
     """The canonical name of a lead label or None.
 
-    Accepts ``"Lead aVR"``, ``"AVR"``, ``"v1"``, ``"MDC_ECG_LEAD_II"`` and the DICOM code meanings vendors
-    write, such as ``"Lead I (Einthoven)"`` or ``"Lead aVR (Goldberger)"`` (a parenthesised system name).
+    Accepts ``"Lead aVR"``, ``"AVR"``, ``"v1"``, ``"MDC_ECG_LEAD_II"``, ``"ECG II"``, the DICOM code meanings
+    vendors write, such as ``"Lead I (Einthoven)"`` or ``"Lead aVR (Goldberger)"`` (a parenthesised system name),
+    the European ``D1``-``D3``/``DI``-``DIII`` and WFDB's modified limb leads ``MLI``-``MLIII`` (MIT-BIH's
+    ``MLII``). Bipolar or derived labels (``V1-V2``, ``-aVR``, ``V4R``) are no canonical lead.
     """
     s = str(name).strip().upper()
     s = re.sub(r"\s*\(.*?\)\s*", "", s)  # "(EINTHOVEN)", "(GOLDBERGER)", "(WILSON)"
-    s = re.sub(r"^(MDC_ECG_LEAD_|LEAD[\s_-]*)", "", s)
+    s = re.sub(r"^(MDC_ECG_LEAD_|ECG[\s_]+LEAD[\s_-]*|LEAD[\s_-]*|ECG[\s_]+)", "", s)
     s = s.replace(" ", "").replace("_", "")
-    return _CANON.get(s)
+    return _CANON.get(s) or _ALIASES.get(s)
+
+
+def lead_indices(names: list[str], path: str | Path) -> list[int]:
+    """For each canonical lead in order, the index of the name that is it.
+
+    Raises:
+        InputError: a lead is missing (naming the channels that map to no lead) or named twice.
+    """
+    index: dict[str, int] = {}
+    unmapped: list[str] = []
+    for i, raw in enumerate(names):
+        canon = canonical_lead(raw)
+        if canon is None:
+            unmapped.append(repr(str(raw)))
+            continue
+        if canon in index:
+            raise InputError(path, f"lead {canon} appears twice ({names[index[canon]]!r} and {raw!r})")
+        index[canon] = i
+    missing = [lead for lead in LEADS if lead not in index]
+    if missing:
+        found = ", ".join(map(str, names)) or "none"
+        other = f"; channels mapped to no lead: {', '.join(unmapped)}" if unmapped else ""
+        raise InputError(
+            path,
+            f"missing lead(s) {', '.join(missing)}; found {found}{other} (a 12-lead record needs I, II, III, aVR, "
+            "aVL, aVF, V1-V6; bipolar or derived leads such as V1-V2 are not converted)",
+        )
+    return [index[lead] for lead in LEADS]
 
 
 def map_leads(signal: np.ndarray, names: list[str], path: str | Path) -> np.ndarray:
@@ -61,43 +116,110 @@ def map_leads(signal: np.ndarray, names: list[str], path: str | Path) -> np.ndar
     Raises:
         InputError: a lead is missing or named twice.
     """
-    index: dict[str, int] = {}
-    for i, raw in enumerate(names):
-        canon = canonical_lead(raw)
-        if canon is None:
-            continue
-        if canon in index:
-            raise InputError(path, f"lead {canon} appears twice")
-        index[canon] = i
-    missing = [lead for lead in LEADS if lead not in index]
-    if missing:
-        raise InputError(path, f"missing lead(s) {', '.join(missing)}; found {', '.join(map(str, names)) or 'none'}")
-    return np.asarray(signal)[[index[lead] for lead in LEADS]]
+    return np.asarray(signal)[lead_indices(names, path)]
+
+
+def robust_amplitude_mv(signal: np.ndarray) -> float:
+    """The median over leads of each lead's 99th percentile of ``|x - median(x)|``: an R wave's height, give or
+    take, that neither a few spikes nor a lead off can move (about 0.3-2 mV for an ECG in mV)."""
+    sig = np.asarray(signal, dtype=np.float64)
+    dev = np.abs(sig - np.median(sig, axis=-1, keepdims=True))
+    return float(np.median(np.percentile(dev, 99, axis=-1)))
 
 
 def check_signal(signal: np.ndarray, path: str | Path, leads: tuple[str, ...] = LEADS) -> None:
-    """Reject NaN/inf values and flat leads.
+    """Reject NaN/inf values, amplitudes that no ECG in mV can have, and flat leads.
 
     Raises:
-        InputError: naming the file and the offending leads.
+        InputError: naming the file and the offending leads, or the amplitude found and the likely unit.
     """
     bad = [leads[i] for i in range(signal.shape[0]) if not np.all(np.isfinite(signal[i]))]
     if bad:
         raise InputError(path, f"NaN or infinite values in lead(s) {', '.join(bad)}")
+    amplitude = robust_amplitude_mv(signal)
+    if amplitude > MAX_PLAUSIBLE_MV:
+        raise InputError(
+            path,
+            f"amplitudes up to {amplitude:.4g} mV (median over leads of the 99th percentile), beyond any ECG in mV "
+            f"(limit {MAX_PLAUSIBLE_MV:g} mV): is the record in µV? Give its unit (signal_unit=uV for CSV/NPY, or "
+            "the units in the WFDB header / DICOM channel sensitivity)",
+        )
     ptp = np.ptp(signal, axis=1)
     flat = [leads[i] for i in range(signal.shape[0]) if ptp[i] < FLAT_PEAK_TO_PEAK_MV]
+    if len(flat) == signal.shape[0] and float(ptp.max()) > 0:
+        raise InputError(
+            path,
+            f"every lead is flat (peak-to-peak at most {float(ptp.max()):.3g} mV, below 10 µV): is the record in V? "
+            "Give its unit (signal_unit=V for CSV/NPY, or the units in the WFDB header / DICOM channel sensitivity)",
+        )
     if flat:
         raise InputError(path, f"flat line in lead(s) {', '.join(flat)} (peak-to-peak below 10 µV)")
 
 
+def _exact(value: float) -> Fraction:
+    # the shortest decimal that reads back as this float: "257.3" is 2573/10, not the binary neighbour
+    return Fraction(repr(float(value)))
+
+
+def rate_problem(fs: float, target: float = 100.0) -> str | None:
+    """What is wrong with a sampling rate (out of range, or convertible to ``target`` only approximately), or None."""
+    fs = float(fs)
+    if not np.isfinite(fs) or fs <= 0:
+        return f"invalid sampling rate {fs!r} Hz"
+    if not MIN_FS <= fs <= MAX_FS:
+        return f"sampling rate {fs!r} Hz is outside the accepted range {MIN_FS:g}-{MAX_FS:g} Hz"
+    ratio = _exact(target) / _exact(fs)
+    if max(ratio.numerator, ratio.denominator) > MAX_RESAMPLE_FACTOR:
+        return (
+            f"sampling rate {fs!r} Hz converts to {target:g} Hz only approximately (polyphase factors "
+            f"{ratio.numerator}/{ratio.denominator}, limit {MAX_RESAMPLE_FACTOR}), which would stretch time; "
+            "give the exact rate (e.g. 360 rather than 360.0001)"
+        )
+    return None
+
+
+def check_sampling_rate(fs: float, path: str | Path, target: float = 100.0) -> float:
+    """``fs`` as a float when it is in range and converts exactly to ``target``.
+
+    Raises:
+        InputError: naming the file, the rate and the limit.
+    """
+    try:
+        value = float(fs)
+    except (TypeError, ValueError):
+        raise InputError(path, f"invalid sampling rate {fs!r}") from None
+    problem = rate_problem(value, target)
+    if problem is not None:
+        raise InputError(path, problem)
+    return value
+
+
+def resample_factors(fs: float, target: float) -> tuple[int, int]:
+    """The exact polyphase factors (up, down) from ``fs`` to ``target`` Hz.
+
+    Raises:
+        ValueError: the ratio needs a factor above ``MAX_RESAMPLE_FACTOR`` (only an approximation would fit).
+    """
+    ratio = _exact(target) / _exact(fs)
+    if max(ratio.numerator, ratio.denominator) > MAX_RESAMPLE_FACTOR:
+        raise ValueError(
+            f"{float(fs)!r} Hz -> {float(target)!r} Hz needs polyphase factors {ratio.numerator}/{ratio.denominator}"
+        )
+    return ratio.numerator, ratio.denominator
+
+
 def resample(signal: np.ndarray, fs: float, target: float) -> np.ndarray:
-    """Polyphase resampling of (n_leads, n) from ``fs`` to ``target`` Hz (rational approximation of the ratio)."""
+    """Polyphase resampling of (n_leads, n) from ``fs`` to ``target`` Hz with the exact ratio.
+
+    Raises:
+        ValueError: a ratio that could only be approximated (see :func:`resample_factors`).
+    """
     from scipy.signal import resample_poly
 
-    if abs(fs - target) < 1e-9:
+    up, down = resample_factors(fs, target)
+    if up == down:
         return np.asarray(signal, dtype=np.float64)
-    ratio = Fraction(target / fs).limit_denominator(1000)
-    return resample_poly(np.asarray(signal, dtype=np.float64), ratio.numerator, ratio.denominator, axis=-1)
+    return resample_poly(np.asarray(signal, dtype=np.float64), up, down, axis=-1)
 
 
 def fit_length(signal: np.ndarray, fs: float, path: str | Path, pad: bool = True) -> np.ndarray:
@@ -151,10 +273,9 @@ def preprocess_signal(
         (12, 10·target_fs) float32 in mV.
 
     Raises:
-        InputError: missing lead, NaN, flat line, too short, bad rate.
+        InputError: missing lead, NaN, implausible amplitude, flat line, too short, bad rate.
     """
-    if not np.isfinite(fs) or fs <= 0:
-        raise InputError(path, f"invalid sampling rate {fs!r}")
+    fs = check_sampling_rate(fs, path, target_fs)
     sig = np.asarray(signal, dtype=np.float64)
     if sig.ndim != 2:
         raise InputError(path, f"expected a 2D (leads, samples) signal, got shape {sig.shape}")
@@ -166,6 +287,10 @@ def preprocess_signal(
     check_signal(sig, path)
     if sig.shape[-1] < round(MIN_SECONDS * fs):
         fit_length(sig, fs, path)  # raises with the record's duration
+    keep = round((TARGET_SECONDS + 2 * RESAMPLE_MARGIN_SECONDS) * fs)
+    if sig.shape[-1] > keep:  # only the central 10 s is used: resample no more than it and its margins
+        start = (sig.shape[-1] - keep) // 2
+        sig = sig[:, start : start + keep]
     sig = resample(sig, fs, target_fs)
     sig = fit_length(sig, target_fs, path, pad=False)
     sig = highpass(sig, target_fs, highpass_hz)
