@@ -35,8 +35,14 @@ def _predict(task: str, inputs: list[str], out: Path, tmp_path: Path, *extra: st
 
 @pytest.mark.slow
 def test_a_nifti_written_by_another_tool_comes_back_in_its_own_grid_and_header(tmp_path: Path) -> None:
+    """anatomical.nii is t1; the other modalities are its voxels rescaled, written with its own header (one
+    file given for all four is refused: the modalities would be one image)."""
     src = nib.load(str(NIBABEL_ANATOMICAL))
-    roles = [f"{r}={NIBABEL_ANATOMICAL}" for r in ("t1", "t1ce", "t2", "flair")]
+    roles = [f"t1={NIBABEL_ANATOMICAL}"]
+    for k, role in enumerate(("t1ce", "t2", "flair"), start=2):
+        path = tmp_path / f"{role}.nii"
+        nib.save(nib.Nifti1Image(np.asarray(src.dataobj) * k, src.affine, src.header), str(path))
+        roles.append(f"{role}={path}")
     report = _predict("brats", roles, tmp_path / "out", tmp_path, "--explain", "--overlay")
     (res,) = report["results"]
     files = {f["role"]: tmp_path / "out" / f["path"] for f in res["files"]}
@@ -69,11 +75,22 @@ PYDICOM_CT5N = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdir
 
 @pytest.mark.slow
 def test_a_vendor_dicom_series_gets_a_dicom_seg_aligned_with_it(tmp_path: Path) -> None:
-    """pydicom's CT5N (a scanner's 5-slice series, 0.49 × 0.49 × 2.5 mm) through prostate: NIfTI + DICOM SEG."""
+    """pydicom's CT5N (a scanner's 5-slice series, 0.49 × 0.49 × 2.5 mm) through prostate: NIfTI + DICOM SEG.
+
+    prostate reads MR only: the CT series itself is refused by name, and read once its Modality says MR."""
     import highdicom as hd
 
+    ckpt = save_checkpoint(get_task("prostate").untrained_checkpoint("tiny"), tmp_path / "refused.pt")
+    args = ["predict", "prostate", str(PYDICOM_CT5N), "-o", str(tmp_path / "ct"), "--checkpoint", str(ckpt)]
+    refused = CliRunner().invoke(app, [*args, "--device", "cpu"])
+    assert refused.exit_code == 1
+    assert "is a DICOM CT series; t2 must be MR" in refused.output
     series = tmp_path / "CT5N"
     shutil.copytree(PYDICOM_CT5N, series)
+    for path in series.iterdir():
+        ds = pydicom.dcmread(path)
+        ds.Modality = "MR"
+        ds.save_as(path)
     report = _predict("prostate", [str(series)], tmp_path / "out", tmp_path, "--explain")
     (res,) = report["results"]
     files = {f["role"]: tmp_path / "out" / f["path"] for f in res["files"]}

@@ -50,6 +50,7 @@ class BratsPredictor(SegmentationPredictor[BratsOptions]):
     """Loaded brats model: one case at a time; ``sw_batch_size`` windows per forward pass."""
 
     options_model = BratsOptions
+    modality = "MR"
 
     def __init__(self, checkpoint: Any, options: Any) -> None:
         self.cfg = BratsConfig.from_checkpoint(checkpoint.config)
@@ -62,13 +63,15 @@ class BratsPredictor(SegmentationPredictor[BratsOptions]):
     def roi_size(self) -> tuple[int, int, int]:
         return self.cfg.roi_size
 
+    def target_spacing(self) -> tuple[float, float, float] | None:
+        return self.cfg.target_spacing
+
     def read_case(self, item: InputItem, options: BratsOptions) -> VolumeCase:
         vols, _ = read_case(item.paths)
         brain = np.any([v.array != 0 for v in vols.values()], axis=0)
         convention = options.labels or naming_of(item.paths)
-        return VolumeCase(
-            stack_case(vols), vols[MODALITIES[0]], vols["flair"], {"convention": convention, "brain": brain}
-        )
+        context = {"convention": convention, "brain": brain}
+        return VolumeCase(stack_case(vols), vols[MODALITIES[0]], vols["flair"], context, channels=dict(vols))
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         return self.head.maps(logits)

@@ -147,7 +147,9 @@ class BratsTask(Task):
         subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
         series = {role: d for d in subdirs if (role := role_of_folder(d)) in MODALITIES}
         if series:
-            return [InputItem(folder.name, series)]
+            # a case's series sit in <case>/dicom/: the case is named after <case>, not "dicom"
+            name = folder.parent.name if folder.name.lower() == "dicom" and folder.parent.name else folder.name
+            return [InputItem(name, series)]
         if (folder / "dicom").is_dir():
             return self._items_from_folder(folder / "dicom")
         return [item for d in subdirs for item in self._items_from_folder(d)]

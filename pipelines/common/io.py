@@ -2,15 +2,22 @@
 
 Every volume is held as a :class:`Volume`: the voxel array in file order ``(X, Y, Z)`` and the 4×4 affine
 from voxel indices to RAS world millimetres (NIfTI convention). Writing a result "like" an input reuses the
-input's affine (and NIfTI header), so masks land in exactly the input's grid. A DICOM series (a folder, or a
-``.zip`` holding one) also keeps its slices' headers, so that a DICOM SEG can reference them.
-Every failure raises :class:`~pipelines.common.errors.InputError` naming the file and the problem.
+input's affine and its geometry fields (qform/sform codes, units), never its free-text fields or extensions,
+so masks land in exactly the input's grid. A DICOM series (a folder, or a ``.zip`` holding one) also keeps its
+slices' headers, so that a DICOM SEG can reference them.
+
+What an input becomes is bounded before it is allocated: the voxel count a header claims (NIfTI, MHA/NRRD,
+and DICOM Rows × Columns × frames × slices, with every compressed frame's own size checked against them), and
+the geometry (finite, non-singular, voxel sizes within :data:`VOXEL_MM_RANGE`). Nothing is silently taken to
+be 1 mm. Every failure raises :class:`~pipelines.common.errors.InputError` naming the file and the problem;
+what is read but doubtful is said in :attr:`Volume.warnings`.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import struct
 import tempfile
 import zlib
 from collections.abc import Mapping, Sequence
@@ -31,7 +38,21 @@ DICOM_SUFFIXES = (".dcm", ".dicom", "")
 ZIP_SUFFIXES = (".zip",)
 #: refuse volumes with more voxels than this (a header can claim anything)
 MAX_VOXELS = 512 * 512 * 512
+#: voxel sizes (mm) outside this range are a broken header (or units other than mm), not a scan
+VOXEL_MM_RANGE = (1e-3, 1e3)
+#: intensities beyond ± this are no image's (a broken scale factor); float32 statistics of them overflow
+MAX_ABS_INTENSITY = 1e10
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+#: DICOM transfer syntax of a deflated dataset: pydicom and GDCM inflate the whole file before any element
+#: can be checked (a few KB can inflate to gigabytes), so it is refused
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+#: encapsulated transfer syntaxes whose frames declare their size in the codestream (JPEG, JPEG-LS,
+#: JPEG 2000, HTJ2K): GDCM decodes a frame at the size its codestream declares, whatever Rows and Columns say
+_SIZED_CODESTREAMS = frozenset(
+    f"1.2.840.10008.1.2.4.{n}" for n in (50, 51, 57, 70, 80, 81, 90, 91, 92, 93, 201, 202, 203)
+)
+#: RLE Lossless: decoded at the size Rows and Columns give
+_RLE = "1.2.840.10008.1.2.5"
 
 
 @dataclass
@@ -43,11 +64,13 @@ class Volume:
         affine: 4×4 voxel-index → RAS-mm matrix.
         path: where it was read from.
         kind: ``nifti``, ``dicom`` or ``itk``.
-        header: the NIfTI header, for writing results with the same header fields.
+        header: the NIfTI header, for writing results with the same geometry fields (codes, units).
         meta: non-identifying facts (modality, series description) for routing; never patient data.
         sources: for a DICOM series, each slice's header (no pixel data) in array order: ``sources[z]`` is
             the slice at ``array[:, :, z]``. They carry patient identifiers: never log or return them
             (kept out of ``repr``); they exist so that a DICOM SEG can reference the source images.
+        warnings: what the reader accepted but a user must know (a NIfTI without orientation...), in plain
+            words; results repeat them.
     """
 
     array: np.ndarray
@@ -57,6 +80,7 @@ class Volume:
     header: Any = None
     meta: dict[str, str] = field(default_factory=dict)
     sources: list[Dataset] | None = field(default=None, repr=False, compare=False)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -77,6 +101,30 @@ def has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:
     return any(s and name.endswith(s) for s in suffixes)
 
 
+def _mm(values: Sequence[float] | np.ndarray) -> str:
+    return " × ".join(f"{float(v):.4g}" for v in values) + " mm"
+
+
+def check_geometry(affine: np.ndarray, path: Path) -> np.ndarray:
+    """Refuse a voxel-to-world affine that is no scan's: NaN or infinite entries, a voxel size (column norm)
+    outside :data:`VOXEL_MM_RANGE` (zero included), or axes that do not span space (a singular direction).
+
+    Returns:
+        the affine as a float64 array.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.isfinite(affine).all():
+        raise InputError(path, "geometry (voxel-to-world affine) holds NaN or infinite values; the grid is unknown")
+    sizes = np.linalg.norm(affine[:3, :3], axis=0)
+    lo, hi = VOXEL_MM_RANGE
+    if sizes.min() < lo or sizes.max() > hi:
+        raise InputError(path, f"voxel size {_mm(sizes)} is outside {lo:g}–{hi:g} mm; the header's geometry is broken")
+    # |det| over the product of the column norms is |det| of the unit axes: 1 orthogonal, 0 degenerate
+    if abs(float(np.linalg.det(affine[:3, :3]))) / float(np.prod(sizes)) < 1e-3:
+        raise InputError(path, "voxel axes are (nearly) parallel: the direction matrix is singular")
+    return affine
+
+
 def _check_array(arr: np.ndarray, path: Path) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.ndim == 4 and arr.shape[3] == 1:
@@ -88,16 +136,71 @@ def _check_array(arr: np.ndarray, path: Path) -> np.ndarray:
     if arr.size == 0:
         raise InputError(path, "holds no voxels")
     arr = arr.astype(np.float32, copy=False)
-    if not np.isfinite(arr).all():
+    lo, hi = float(arr.min()), float(arr.max())  # NaN propagates; no full-size temporary
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         raise InputError(path, "contains NaN or infinite values")
+    if max(-lo, hi) > MAX_ABS_INTENSITY:
+        raise InputError(
+            path,
+            f"holds intensities from {lo:.3g} to {hi:.3g}; values beyond ±{MAX_ABS_INTENSITY:.0e} are no "
+            "image's (a broken scale factor?)",
+        )
     return arr
+
+
+def _raw_nifti_header(path: Path) -> Any:
+    """The NIfTI header as stored, before nibabel's fixes (which turn a zero pixdim into 1 mm); ``None`` when
+    it cannot be read (``nib.load`` then says why)."""
+    import nibabel as nib
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(path)) as fh:
+            block = fh.read(540)
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile):
+        return None
+    for klass in (nib.Nifti1Header, nib.Nifti2Header):
+        size = klass.sizeof_hdr
+        if len(block) < size:
+            continue
+        if size in (int.from_bytes(block[:4], "little"), int.from_bytes(block[:4], "big")):
+            try:
+                return klass(block[:size], check=False)
+            except Exception:  # nibabel raises HeaderDataError, ValueError...
+                return None
+    return None
+
+
+def _nifti_geometry_warnings(raw: Any, path: Path) -> list[str]:
+    """Refuse a NIfTI whose voxel size would be made up; warn when its orientation is unknown."""
+    qform_code, sform_code = int(raw["qform_code"]), int(raw["sform_code"])
+    if sform_code == 0:  # the qform, or the no-orientation fallback, takes the voxel size from pixdim
+        pixdim = np.asarray(raw["pixdim"][1:4], dtype=np.float64)
+        if not np.isfinite(pixdim).all() or (pixdim == 0).any():
+            shown = ", ".join(f"{v:g}" for v in pixdim)
+            raise InputError(
+                path,
+                f"NIfTI voxel size (pixdim {shown}) is zero or not a number and no sform gives another; "
+                "the voxel size is unknown (it is never assumed to be 1 mm)",
+            )
+    if qform_code == 0 and sform_code == 0:
+        return [
+            "NIfTI header has no orientation (qform_code and sform_code are 0): the voxel size is pixdim's, "
+            "orientation and position are assumed (nibabel's default: LAS, centred on the volume); outputs are "
+            "written the same way"
+        ]
+    return []
 
 
 def _read_nifti(path: Path) -> Volume:
     import nibabel as nib
+    from nibabel.imageglobals import LoggingOutputSuppressor
 
+    raw = _raw_nifti_header(path)
+    warnings = _nifti_geometry_warnings(raw, path) if raw is not None else []
     try:
-        img = nib.load(str(path))
+        with LoggingOutputSuppressor():  # nibabel logs the header fixes it makes; refusals above say what matters
+            img = nib.load(str(path))
     except Exception as exc:  # nibabel raises ImageFileError, OSError, EOFError, zlib.error...
         raise InputError(path, f"is not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
@@ -106,46 +209,162 @@ def _read_nifti(path: Path) -> Volume:
     n_vox = int(np.prod(shape, dtype=np.int64)) if shape else 0
     if n_vox > MAX_VOXELS:
         raise InputError(path, f"header claims {shape} = {n_vox:,} voxels, more than the limit {MAX_VOXELS:,}")
+    stored = np.dtype(img.header.get_data_dtype())
+    if stored.kind not in "buif" or stored.names is not None:  # complex, RGB (structured) or void voxels
+        raise InputError(path, f"stores {stored} voxels; a scalar (integer or real) volume is required")
+    affine = check_geometry(img.affine, path)
     try:
         data = np.asarray(img.dataobj, dtype=np.float32)
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
         raise InputError(path, f"voxel data cannot be read; the file is truncated or corrupt ({exc})") from exc
     arr = _check_array(data, path)
-    return Volume(arr, np.asarray(img.affine, dtype=np.float64), path, "nifti", header=img.header.copy())
+    return Volume(arr, affine, path, "nifti", header=img.header.copy(), warnings=warnings)
+
+
+def _sitk() -> Any:
+    """SimpleITK, with ITK's own warnings off: they go to stderr, unseen by a service's user, and every
+    condition they flag (uneven slices...) is checked here and said in plain words."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    return sitk
 
 
 def _sitk_to_volume(image: Any, path: Path, kind: str, meta: dict[str, str] | None = None) -> Volume:
-    import SimpleITK as sitk
+    sitk = _sitk()
 
     if image.GetDimension() != 3:
         raise InputError(path, f"is a {image.GetDimension()}D image; a 3D volume is required")
     size = image.GetSize()
     if int(np.prod(size, dtype=np.int64)) > MAX_VOXELS:
         raise InputError(path, f"has {size} voxels, more than the limit {MAX_VOXELS:,}")
+    affine = check_geometry(sitk_affine(image), path)
     arr = sitk.GetArrayFromImage(image).transpose(2, 1, 0)  # (Z, Y, X) -> (X, Y, Z)
     arr = _check_array(arr, path)
-    return Volume(arr, sitk_affine(image), path, kind, meta=meta or {})
+    return Volume(arr, affine, path, kind, meta=meta or {})
+
+
+def _lps_affine(direction: Sequence[float], spacing: Sequence[float], origin: Sequence[float]) -> np.ndarray:
+    """RAS voxel→world affine from ITK's LPS direction (row-major 3×3), spacing and origin."""
+    affine = np.eye(4)
+    affine[:3, :3] = LPS_TO_RAS @ np.asarray(direction, dtype=np.float64).reshape(3, 3) @ np.diag(spacing)
+    affine[:3, 3] = LPS_TO_RAS @ np.asarray(origin, dtype=np.float64)
+    return affine
 
 
 def sitk_affine(image: Any) -> np.ndarray:
     """RAS voxel→world affine of a SimpleITK image (which is LPS)."""
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
-    origin = np.asarray(image.GetOrigin(), dtype=np.float64)
-    affine = np.eye(4)
-    affine[:3, :3] = LPS_TO_RAS @ direction @ np.diag(spacing)
-    affine[:3, 3] = LPS_TO_RAS @ origin
-    return affine
+    return _lps_affine(image.GetDirection(), image.GetSpacing(), image.GetOrigin())
+
+
+def _header_text(path: Path, limit: int = 1 << 16) -> str:
+    """The text header of an MHA/MHD or NRRD file: its lines up to the first blank line (NRRD) or the
+    ``ElementDataFile`` line (MetaImage, which ends the header)."""
+    with path.open("rb") as fh:
+        head = fh.read(limit)
+    lines = []
+    for raw in head.split(b"\n"):
+        line = raw.rstrip(b"\r").decode("latin-1")
+        if not line.strip():
+            break
+        lines.append(line)
+        if line.split("=")[0].strip().lower() == "elementdatafile":
+            break
+    return "\n".join(lines)
+
+
+def _check_data_file(path: Path) -> None:
+    """A detached header (MHD, NHDR, or one naming a data file) must point at one file beside it: never at an
+    absolute path, outside its folder (a server's own files), a list or a numbered pattern."""
+    refs = []
+    for line in _header_text(path).splitlines():
+        key, sep, value = line.partition("=") if "=" in line.split(":")[0] else line.partition(":")
+        name = key.strip().lower().replace(" ", "")
+        if sep and name in ("elementdatafile", "datafile"):
+            refs.append(value.strip())
+    for ref in refs:
+        if ref.upper() == "LOCAL":
+            continue
+        parts = ref.split()
+        if len(parts) != 1 or parts[0].upper() == "LIST" or "%" in ref:
+            raise InputError(path, f"names its voxel data as {ref!r}; only one data file beside the header is read")
+        target = (path.parent / ref).resolve()
+        if Path(ref).is_absolute() or not target.is_relative_to(path.parent.resolve()):
+            raise InputError(path, f"names a data file outside its folder ({ref!r}); such a file is not read")
+        if not target.is_file():
+            raise InputError(path, f"names a data file {ref!r} that does not exist beside it")
 
 
 def _read_itk(path: Path) -> Volume:
-    import SimpleITK as sitk
+    """An MHA/MHD or NRRD file: its header is checked (size, components, geometry) before any voxel is read."""
+    sitk = _sitk()
+
+    def reason(exc: RuntimeError) -> str:
+        return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
 
     try:
-        image = sitk.ReadImage(str(path), sitk.sitkFloat32)
+        _check_data_file(path)
+    except InputError:
+        raise
+    except (OSError, ValueError) as exc:  # unreadable, or a data file name no path can hold (a NUL byte)
+        raise InputError(path, f"header cannot be read ({type(exc).__name__})") from exc
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise InputError(path, f"is not a readable image ({str(exc).strip().splitlines()[-1]})") from exc
+        raise InputError(path, f"is not a readable image ({reason(exc)})") from exc
+    if reader.GetDimension() != 3:
+        raise InputError(path, f"is a {reader.GetDimension()}D image; a 3D volume is required")
+    size = tuple(int(s) for s in reader.GetSize())
+    components = int(reader.GetNumberOfComponents())
+    n_values = int(np.prod(size, dtype=np.int64)) * components
+    if n_values > MAX_VOXELS:
+        raise InputError(
+            path,
+            f"header claims {size} voxels × {components} component(s) = {n_values:,} values, more than the "
+            f"limit {MAX_VOXELS:,}; not read",
+        )
+    if components != 1:
+        raise InputError(path, f"has {components} components per voxel; a scalar (grayscale) volume is required")
+    check_geometry(_lps_affine(reader.GetDirection(), reader.GetSpacing(), reader.GetOrigin()), path)
+    reader.SetOutputPixelType(sitk.sitkFloat32)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(path, f"voxel data cannot be read ({reason(exc)})") from exc
     return _sitk_to_volume(image, path, "itk")
+
+
+def _starts_like_dicom(path: Path) -> bool:
+    """``DICM`` after the 128-byte preamble."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _refuse_deflated(folder: Path, shown: Path) -> None:
+    """Refuse a folder holding a deflated DICOM file, before GDCM or pydicom parse it: both inflate the whole
+    dataset first (a few KB can become gigabytes) and GDCM does so while merely scanning for series."""
+    from pydicom.filereader import read_file_meta_info
+
+    for f in sorted(folder.iterdir()):
+        if not f.is_file() or not _starts_like_dicom(f):
+            continue
+        try:
+            syntax = str(read_file_meta_info(f).get("TransferSyntaxUID", ""))
+        except Exception:  # unreadable meta: the series' own checks name the file
+            continue
+        if syntax == _DEFLATED:
+            raise InputError(
+                shown,
+                f"DICOM file {f.name} uses the Deflated Explicit VR Little Endian transfer syntax, which is not "
+                "read (its size cannot be bounded before it is inflated); convert the series to an "
+                "uncompressed or JPEG transfer syntax",
+            )
 
 
 def _read_dicom_headers(files: Sequence[str], shown: Path) -> list[Dataset]:
@@ -162,6 +381,130 @@ def _read_dicom_headers(files: Sequence[str], shown: Path) -> list[Dataset]:
     return headers
 
 
+def _header_int(ds: Dataset, keyword: str, default: int, shown: Path) -> int:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError) as exc:
+        raise InputError(shown, f"DICOM {keyword} of {Path(ds.filename).name} is not a number") from exc
+    if number < 0:
+        raise InputError(shown, f"DICOM {keyword} of {Path(ds.filename).name} is negative ({number})")
+    return number
+
+
+def _check_series_size(headers: Sequence[Dataset], shown: Path) -> None:
+    """Bound what the series decodes to from its headers alone: Σ Rows × Columns × NumberOfFrames × samples,
+    whatever the transfer syntax; then refuse multi-frame files (one slice per file is read)."""
+    total, frames_seen = 0, 0
+    for ds in headers:
+        rows, cols = _header_int(ds, "Rows", 0, shown), _header_int(ds, "Columns", 0, shown)
+        frames = max(1, _header_int(ds, "NumberOfFrames", 1, shown))
+        samples = max(1, _header_int(ds, "SamplesPerPixel", 1, shown))
+        total += rows * cols * frames * samples
+        frames_seen = max(frames_seen, frames)
+    if total > MAX_VOXELS:
+        first = headers[0]
+        rows, cols = _header_int(first, "Rows", 0, shown), _header_int(first, "Columns", 0, shown)
+        raise InputError(
+            shown,
+            f"DICOM headers claim {total:,} voxels ({cols}×{rows} pixels, {len(headers)} file(s), frames "
+            f"included), more than the limit {MAX_VOXELS:,}; not decoded",
+        )
+    if frames_seen > 1:
+        raise InputError(
+            shown,
+            f"holds a multi-frame DICOM image ({frames_seen} frames in one file); a series of single-frame "
+            "slices is required",
+        )
+
+
+def _codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """``(columns, rows)`` a JPEG, JPEG-LS or JPEG 2000 codestream declares; ``None`` when none is found."""
+    if frame[:2] == b"\xff\xd8":  # JPEG, JPEG-LS: walk the marker segments up to the frame header (SOFn)
+        i = 2
+        while i + 4 <= len(frame):
+            if frame[i] != 0xFF:
+                return None
+            marker = frame[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a segment
+                i += 2
+                continue
+            is_sof = (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)) or marker == 0xF7
+            if is_sof and i + 9 <= len(frame):
+                rows, cols = struct.unpack(">HH", frame[i + 5 : i + 9])
+                return cols, rows
+            if marker == 0xDA:  # start of scan and no frame header before it
+                return None
+            i += 2 + int.from_bytes(frame[i + 2 : i + 4], "big")
+        return None
+    j = frame.find(b"\xff\x4f\xff\x51", 0, 1 << 16)  # JPEG 2000: SOC then SIZ (raw, or in a JP2 box)
+    if j >= 0 and j + 24 <= len(frame):
+        xsiz, ysiz, x0, y0 = struct.unpack(">IIII", frame[j + 8 : j + 24])
+        return xsiz - x0, ysiz - y0
+    return None
+
+
+def _check_pixel_data(files: Sequence[str], headers: Sequence[Dataset], shown: Path) -> None:
+    """Every uncompressed slice must hold the pixel bytes its header claims, and every compressed frame must
+    declare, in its own codestream, the Rows × Columns its header gives:
+    GDCM decodes at the codestream's size, so a few KB of JPEG can otherwise decode to gigabytes."""
+    import pydicom
+    from pydicom.encaps import generate_frames
+
+    for f, ds in zip(files, headers, strict=True):
+        meta = getattr(ds, "file_meta", None)
+        syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+        if not syntax:
+            continue
+        uid = pydicom.uid.UID(syntax)
+        name = Path(f).name
+        if not uid.is_encapsulated:
+            _check_native_length(Path(f), ds, shown)
+            continue
+        if syntax == _RLE:
+            continue
+        if syntax not in _SIZED_CODESTREAMS:
+            raise InputError(shown, f"DICOM file {name} uses transfer syntax {uid.name or syntax}, which is not read")
+        rows, cols = _header_int(ds, "Rows", 0, shown), _header_int(ds, "Columns", 0, shown)
+        try:  # the compressed bytes only (no decoding); their size is the file's
+            pixels = pydicom.dcmread(f, force=True, specific_tags=["PixelData"]).get("PixelData")
+            frames = list(generate_frames(pixels, number_of_frames=1)) if pixels else []
+        except Exception as exc:  # pydicom raises ValueError, struct.error, EOFError...
+            raise InputError(shown, f"compressed pixel data of DICOM file {name} cannot be parsed") from exc
+        if not frames:
+            raise InputError(shown, f"DICOM file {name} holds no pixel data")
+        declared = _codestream_size(frames[0])
+        if declared is None:
+            raise InputError(shown, f"compressed frame of DICOM file {name} declares no size; not decoded")
+        if declared != (cols, rows):
+            raise InputError(
+                shown,
+                f"compressed frame of DICOM file {name} is {declared[0]}×{declared[1]} pixels but its header says "
+                f"{cols}×{rows}; not decoded",
+            )
+
+
+def _check_native_length(path: Path, ds: Dataset, shown: Path) -> None:
+    """An uncompressed slice's file must hold at least the pixel bytes its header claims: GDCM reads a
+    shorter Pixel Data element without a word (the missing pixels come out as whatever follows)."""
+    rows, cols = _header_int(ds, "Rows", 0, shown), _header_int(ds, "Columns", 0, shown)
+    samples = max(1, _header_int(ds, "SamplesPerPixel", 1, shown))
+    bits = max(1, _header_int(ds, "BitsAllocated", 16, shown))
+    needed = rows * cols * samples * ((bits + 7) // 8)
+    size = path.stat().st_size
+    if size < needed:
+        raise InputError(
+            shown,
+            f"DICOM file {path.name} is {size:,} bytes, shorter than the {cols}×{rows} pixels its header claims "
+            f"({needed:,} bytes); truncated or corrupt",
+        )
+
+
 def _unread_dicom_files(folder: Path, files: Sequence[str]) -> list[Path]:
     """Files in ``folder`` that start like DICOM (``DICM`` after the preamble) but are not among ``files``.
 
@@ -169,19 +512,11 @@ def _unread_dicom_files(folder: Path, files: Sequence[str]) -> list[Path]:
     otherwise become a missing slice and shift the geometry.
     """
     used = {Path(f).resolve() for f in files}
-    unread = []
-    for f in sorted(folder.iterdir()):
-        if not f.is_file() or f.resolve() in used or f.name.upper() == "DICOMDIR":
-            continue
-        try:
-            with f.open("rb") as fh:
-                fh.seek(128)
-                magic = fh.read(4)
-        except OSError:
-            continue
-        if magic == b"DICM":
-            unread.append(f)
-    return unread
+    return [
+        f
+        for f in sorted(folder.iterdir())
+        if f.is_file() and f.resolve() not in used and f.name.upper() != "DICOMDIR" and _starts_like_dicom(f)
+    ]
 
 
 def _slice_planes(headers: Sequence[Dataset]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -193,7 +528,46 @@ def _slice_planes(headers: Sequence[Dataset]) -> tuple[np.ndarray, np.ndarray] |
         return None
     if orientation.shape != (len(headers), 6) or position.shape != (len(headers), 3):
         return None
+    if not (np.isfinite(orientation).all() and np.isfinite(position).all()):
+        return None
     return orientation, position
+
+
+def _check_slice_headers(headers: Sequence[Dataset], shown: Path) -> None:
+    """Before decoding: every slice has a position, an orientation and a pixel spacing (else SimpleITK takes
+    1 mm), one orientation for all, and no two slices at one position."""
+    planes = _slice_planes(headers)
+    try:
+        pixel_spacing = np.array([[float(v) for v in ds.PixelSpacing] for ds in headers])
+    except (AttributeError, TypeError, ValueError):
+        pixel_spacing = np.zeros((0, 2))
+    if planes is None or pixel_spacing.shape != (len(headers), 2):
+        raise InputError(
+            shown,
+            "DICOM slices lack Image Position, Image Orientation or Pixel Spacing: the voxel size and position "
+            "are unknown (they are never assumed to be 1 mm); such a series is not read",
+        )
+    if not np.isfinite(pixel_spacing).all() or (pixel_spacing <= 0).any():
+        shown_spacing = ", ".join(f"{v:g}" for v in pixel_spacing[np.argmin(pixel_spacing.min(axis=1))])
+        raise InputError(
+            shown,
+            f"DICOM Pixel Spacing ({shown_spacing}) is zero, negative or not a number; the voxel size is unknown "
+            "(it is never assumed to be 1 mm)",
+        )
+    orientation, position = planes
+    if np.abs(orientation - orientation[0]).max() > 1e-3:
+        raise InputError(
+            shown, "DICOM slices do not share one orientation (projections or a localizer?); a 3D volume is required"
+        )
+    row, col = orientation[0][:3], orientation[0][3:]
+    normal = np.cross(row, col)
+    if abs(np.linalg.norm(row) - 1) > 1e-2 or abs(np.linalg.norm(col) - 1) > 1e-2 or np.linalg.norm(normal) < 0.99:
+        raise InputError(shown, "DICOM Image Orientation (Patient) is not two orthogonal unit vectors")
+    depth = np.sort(position @ normal)
+    if np.diff(depth).min() < 1e-3:
+        raise InputError(
+            shown, "several DICOM slices lie at one position (duplicates, or more than one acquisition in the series)"
+        )
 
 
 def _check_slice_geometry(volume: Volume, headers: Sequence[Dataset], shown: Path) -> None:
@@ -203,8 +577,8 @@ def _check_slice_geometry(volume: Volume, headers: Sequence[Dataset], shown: Pat
     (a missing slice, uneven spacing, gantry tilt); the result would then be in the wrong place.
     """
     planes = _slice_planes(headers)
-    if planes is None:  # no geometry in the headers: SimpleITK's defaults stand
-        return
+    if planes is None:  # refused before decoding; kept for callers with their own headers
+        raise InputError(shown, "DICOM slices lack Image Position or Image Orientation")
     _, position = planes
     z = np.arange(len(headers), dtype=np.float64)
     ras = volume.affine[:3, 3] + np.outer(z, volume.affine[:3, 2])  # world position of voxel (0, 0, z)
@@ -219,10 +593,14 @@ def _check_slice_geometry(volume: Volume, headers: Sequence[Dataset], shown: Pat
 
 
 def _read_dicom_series(folder: Path, shown: Path | None = None) -> Volume:
-    """One DICOM series from a folder; ``shown`` is the path messages name (default: the folder)."""
-    import SimpleITK as sitk
+    """One DICOM series from a folder; ``shown`` is the path messages name (default: the folder).
+
+    Everything that bounds or places the volume is checked from the headers before a pixel is decoded.
+    """
+    sitk = _sitk()
 
     shown = folder if shown is None else shown
+    _refuse_deflated(folder, shown)
     reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(folder))
     if not series:
@@ -235,19 +613,12 @@ def _read_dicom_series(folder: Path, shown: Path | None = None) -> Volume:
     if unread:
         names = ", ".join(f.name for f in unread[:3]) + (f" and {len(unread) - 3} more" if len(unread) > 3 else "")
         raise InputError(shown, f"DICOM file(s) {names} cannot be read (truncated or corrupt); series incomplete")
+    headers = _read_dicom_headers(files, shown)
+    _check_series_size(headers, shown)
     if len(files) < 2:
         raise InputError(shown, "DICOM series has a single slice; a 3D volume is required")
-    headers = _read_dicom_headers(files, shown)
-    rows, cols = int(headers[0].get("Rows") or 0), int(headers[0].get("Columns") or 0)
-    if rows * cols * len(files) > MAX_VOXELS:  # bound what the series becomes before decoding any pixel
-        raise InputError(
-            shown, f"has {cols}×{rows}×{len(files)} voxels, more than the limit {MAX_VOXELS:,}; not decoded"
-        )
-    planes = _slice_planes(headers)
-    if planes is not None and np.abs(planes[0] - planes[0][0]).max() > 1e-3:
-        raise InputError(
-            shown, "DICOM slices do not share one orientation (projections or a localizer?); a 3D volume is required"
-        )
+    _check_slice_headers(headers, shown)
+    _check_pixel_data(files, headers, shown)
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     try:
@@ -269,7 +640,7 @@ def _read_dicom_series(folder: Path, shown: Path | None = None) -> Volume:
 
 def _read_zipped_series(archive: Path) -> Volume:
     """One DICOM series from a zip archive: extracted safely into a temporary folder that is removed after."""
-    import SimpleITK as sitk
+    sitk = _sitk()
 
     from pipelines.common import archives
 
@@ -281,6 +652,8 @@ def _read_zipped_series(archive: Path) -> Volume:
         folders = sorted(
             {f.parent for f in root.rglob("*") if f.is_file() and "__MACOSX" not in f.relative_to(root).parts}
         )
+        for folder in folders:  # before GDCM scans them
+            _refuse_deflated(folder, archive)
         with_series = [d for d in folders if sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d))]
         if not with_series:
             raise InputError(archive, "archive holds no readable DICOM series")
@@ -299,8 +672,11 @@ def read_volume(path: str | Path) -> Volume:
             DICOM series (extracted safely into a temporary folder, removed after reading).
 
     Raises:
-        InputError: missing, empty, corrupt, not 3D, oversized, NaN-holding or unsupported; for a zip, also
-            an unsafe or too large archive (:class:`~pipelines.common.archives.ArchiveError`).
+        InputError: missing, empty, corrupt, not 3D, oversized (from its header, before decoding), with
+            broken geometry (NaN, singular, a voxel size that is zero or outside :data:`VOXEL_MM_RANGE`, a
+            DICOM series without positions or spacing, uneven slices), NaN-holding or absurd intensities, or
+            unsupported (deflated DICOM, multi-frame DICOM); for a zip, also an unsafe or too large archive
+            (:class:`~pipelines.common.archives.ArchiveError`).
     """
     p = Path(path)
     if not p.exists():
@@ -371,8 +747,10 @@ def write_like(array: np.ndarray, ref: Volume, path: Path, dtype: type = np.uint
     """Write ``array`` as NIfTI in ``ref``'s geometry.
 
     The first three axes must be exactly ``ref``'s shape; a trailing axis (e.g. per-region probabilities)
-    is written as a 4D image. NIfTI inputs keep their header (qform/sform codes, units); other inputs get a
-    fresh header with the same affine.
+    is written as a 4D image. The header is a fresh one holding ``ref``'s geometry only: the affine, and for a
+    NIfTI input its qform/sform codes (kept as they are, 0 included), spatial and time units and dim_info.
+    Nothing else is copied: no ``descrip``, ``aux_file``, ``db_name``, intent, scaling or extensions, which
+    may carry identifiers or describe the input's values rather than the result's.
 
     Raises:
         ValueError: if the array's spatial shape differs from the reference's.
@@ -382,18 +760,20 @@ def write_like(array: np.ndarray, ref: Volume, path: Path, dtype: type = np.uint
     if tuple(array.shape[:3]) != ref.shape or array.ndim not in (3, 4):
         raise ValueError(f"result shape {tuple(array.shape)} does not match input shape {ref.shape}")
     data: np.ndarray = np.asarray(array).astype(dtype)
+    klass = nib.Nifti1Image if max(data.shape) <= np.iinfo(np.int16).max else nib.Nifti2Image
+    img = klass(data, None)
+    header = img.header
+    header.set_data_dtype(dtype)
+    sform_code, qform_code = 1, 1  # scanner coordinates: DICOM and ITK inputs
     if ref.header is not None:
-        header = ref.header.copy()
-        header.set_data_shape(data.shape)
-        header.set_data_dtype(dtype)
-        header.set_slope_inter(1.0, 0.0)
-        img = nib.Nifti1Image(data, ref.affine, header=header)
-        img.set_sform(ref.affine, code=int(ref.header["sform_code"]) or 1)
-        img.set_qform(ref.affine, code=int(ref.header["qform_code"]) or 1)
+        sform_code, qform_code = int(ref.header["sform_code"]), int(ref.header["qform_code"])
+        header.set_xyzt_units(*ref.header.get_xyzt_units())
+        header.set_dim_info(*ref.header.get_dim_info())
     else:
-        img = nib.Nifti1Image(data, ref.affine)
-        img.set_sform(ref.affine, code=1)
-        img.set_qform(ref.affine, code=1)
+        header.set_xyzt_units("mm")
+    # the qform first: with both codes 0, readers rebuild the affine from pixdim, which the qform sets
+    img.set_qform(ref.affine, code=qform_code)
+    img.set_sform(ref.affine, code=sform_code)
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, str(path))
     return path

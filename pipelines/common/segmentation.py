@@ -3,22 +3,28 @@
 The pipeline of one case: read it with its geometry → the task's invertible MONAI ``Compose`` →
 ``SlidingWindowInferer`` (gaussian blending) with optional mirror TTA and AMP on CUDA → the task's activation
 of the logits into continuous maps → ``Compose.inverse`` back to the input grid → the task's ``decode`` into a
-label map → :func:`~pipelines.common.io.write_like` (same shape, affine and header as the input), per-region
-volumes in mL, an overlay PNG and, when explained, the probability maps. When the input is a DICOM series and the
-``dicom_seg`` option is on, the regions are also written as a DICOM SEG referencing that series
-(:func:`~pipelines.common.dicom.write_dicom_seg`), coded by the task's ``segment_codes``.
+label map → :func:`~pipelines.common.io.write_like` (same shape and affine as the input, and of its header the
+geometry fields only), per-region volumes in mL, an overlay PNG and, when explained, the probability maps. When the
+input is a DICOM series and the ``dicom_seg`` option is on, the regions are also written as a DICOM SEG
+referencing that series (:func:`~pipelines.common.dicom.write_dicom_seg`), coded by the task's ``segment_codes``.
 
 A segmenter subclasses :class:`SegmentationPredictor` and supplies: ``read_case``, ``preprocess_transforms``,
 ``roi_size``, ``activate``, ``decode``, ``regions`` (and optionally ``probabilities``, ``overlay_colors``,
-``result_fields``, ``model_fields``, ``segment_codes``, ``explanation_maps``). Its options model extends
-:class:`VolumeOptions`.
+``result_fields``, ``model_fields``, ``segment_codes``, ``explanation_maps``, ``target_spacing``,
+``check_preprocessed``, the ``modality`` it reads). Its options model extends :class:`VolumeOptions`.
+
+Before preprocessing, :meth:`SegmentationPredictor.check_case` refuses what is no case of the task: a DICOM
+series of another modality, a constant channel, two channels holding one image, a volume that resampling to the
+task's spacing would make larger than ``max_resampled_voxels``. What is doubtful but usable (CT-like
+intensities in an MRI task, voxels far coarser than the model's, a NIfTI without orientation) is said in the
+result's ``warnings`` list, never only in a log. Non-finite values after preprocessing or in the model's maps
+are refused: NaN never reaches a result.
 """
 
 from __future__ import annotations
 
 import abc
 import copy
-import csv
 import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,9 +37,11 @@ from pydantic import Field
 
 from pipelines.common import keys
 from pipelines.common.config import TaskOptions
+from pipelines.common.csvsafe import SafeDictWriter
 from pipelines.common.device import autocast
 from pipelines.common.dicom import SegmentCode, generic_segment_code, write_dicom_seg
-from pipelines.common.io import Volume, write_json, write_like
+from pipelines.common.errors import InputError
+from pipelines.common.io import MAX_VOXELS, Volume, write_json, write_like
 from pipelines.common.task import InputItem, ItemOutput, Predictor, Prepared
 
 if TYPE_CHECKING:
@@ -47,7 +55,15 @@ __all__ = [
     "VolumeOptions",
     "evaluate_segmentation",
     "mirror_axes",
+    "resampled_shape",
 ]
+
+#: warn when a voxel is more than this many times the model's target spacing along an axis
+COARSE_FACTOR = 5.0
+#: a channel with at least ``CT_AIR_SHARE`` of its voxels at or below ``CT_AIR_HU`` looks like CT (air in
+#: Hounsfield units); MR magnitude images are not negative
+CT_AIR_HU = -500.0
+CT_AIR_SHARE = 0.1
 
 
 class VolumeOptions(TaskOptions):
@@ -76,12 +92,36 @@ class VolumeCase:
         ref: the volume whose grid every output is written in.
         preview: the channel the overlay shows.
         context: anything else the task's ``decode`` or ``result_fields`` need.
+        channels: every input volume by channel name, for the checks of
+            :meth:`SegmentationPredictor.check_case` (default: ``ref`` alone).
     """
 
     data: dict[str, Any]
     ref: Volume
     preview: Volume
     context: dict[str, Any] = field(default_factory=dict)
+    channels: dict[str, Volume] = field(default_factory=dict)
+
+
+def resampled_shape(volume: Volume, target: Sequence[float]) -> tuple[int, int, int]:
+    """The spatial shape ``volume`` gets from RAS reorientation then resampling to ``target`` mm (RAS axes), as
+    MONAI's ``Orientationd`` + ``Spacingd`` compute it (corner voxel centres, rounded), without allocating."""
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(volume.affine)
+    spacing = volume.spacing
+    out = [1, 1, 1]
+    for axis, (ras_axis, _) in enumerate(ornt):
+        r = int(ras_axis)
+        out[r] = int(np.round((volume.shape[axis] - 1) * spacing[axis] / float(target[r]))) + 1
+    return out[0], out[1], out[2]
+
+
+def _same_image(a: np.ndarray, b: np.ndarray) -> bool:
+    """Identical voxels (cheap statistics compared first)."""
+    if a.shape != b.shape or a.min() != b.min() or a.max() != b.max():
+        return False
+    return bool(np.array_equal(a, b))
 
 
 def mirror_axes() -> list[tuple[int, ...]]:
@@ -94,6 +134,10 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
 
     max_batch = 1
     options_model: ClassVar[type[TaskOptions]] = VolumeOptions
+    #: the DICOM Modality every DICOM channel must have (``MR``...); ``None`` accepts any
+    modality: ClassVar[str | None] = None
+    #: refuse a case whose volume, resampled to :meth:`target_spacing`, holds more voxels than this
+    max_resampled_voxels: ClassVar[int] = MAX_VOXELS
 
     def __init__(self, checkpoint: Any, options: Any) -> None:
         super().__init__(checkpoint, options)
@@ -123,6 +167,10 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
     @abc.abstractmethod
     def regions(self, labels: np.ndarray, prepared: Prepared) -> dict[str, np.ndarray]:
         """Named boolean masks of a decoded label map (their volumes are reported in mL)."""
+
+    def target_spacing(self) -> tuple[float, float, float] | None:
+        """The voxel size (mm, RAS axes) preprocessing resamples to; ``None`` when it keeps the input's grid."""
+        return None
 
     def probabilities(self, maps: np.ndarray, prepared: Prepared) -> np.ndarray:
         """Per-region probabilities (R, X, Y, Z) written when explained (default: the maps themselves)."""
@@ -154,15 +202,95 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
         """
         return {}
 
+    # -- checks --------------------------------------------------------------------------------------------
+    def check_case(self, case: VolumeCase) -> list[str]:
+        """Refuse what is no case of this task; return warnings, in plain words, for what is doubtful.
+
+        Refused (:class:`~pipelines.common.errors.InputError` naming the file): a DICOM channel whose Modality
+        is not :attr:`modality`; a constant channel; two channels holding identical voxels; a volume whose
+        resampling to :meth:`target_spacing` would exceed :attr:`max_resampled_voxels` (checked before
+        anything is allocated). Warned: the readers' own warnings, CT-like intensities (a tenth of the voxels
+        at or below −500) when an MR modality is expected, voxels more than ``COARSE_FACTOR`` times coarser
+        than the target spacing.
+        """
+        channels = case.channels or {"image": case.ref}
+        warnings: list[str] = []
+        for name, vol in channels.items():
+            warnings += [f"{vol.path.name}: {w}" for w in vol.warnings]
+            found = vol.meta.get("modality", "").strip().upper()
+            if self.modality and found and found != self.modality.upper():
+                raise InputError(
+                    vol.path, f"is a DICOM {found} series; {name} must be {self.modality} (this model reads no other)"
+                )
+            lo, hi = float(vol.array.min()), float(vol.array.max())
+            if lo == hi:
+                raise InputError(vol.path, f"{name} is constant (every voxel {lo:g}); it holds no image")
+            if self.modality == "MR":
+                share = np.count_nonzero(vol.array <= CT_AIR_HU) / vol.array.size
+                if share >= CT_AIR_SHARE:
+                    warnings.append(
+                        f"{vol.path.name}: {share:.0%} of the voxels are at or below {CT_AIR_HU:g}, like air in a "
+                        f"CT (Hounsfield units); {name} should be an MR image, so this result may be meaningless"
+                    )
+        names = list(channels)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                if _same_image(channels[a].array, channels[b].array):
+                    raise InputError(
+                        channels[b].path,
+                        f"{a} and {b} are the same image (identical voxels); each needs its own scan",
+                    )
+        target = self.target_spacing()
+        if target is not None:
+            warnings += self._check_resampling(case.ref, target)
+        return warnings
+
+    def check_preprocessed(self, data: Mapping[str, Any], case: VolumeCase) -> list[str]:
+        """Warnings about the preprocessed case (``data`` is the preprocessing's whole output dict); refusals
+        raise ``InputError``. Default: none."""
+        return []
+
+    def _check_resampling(self, ref: Volume, target: Sequence[float]) -> list[str]:
+        shape = resampled_shape(ref, target)
+        n_vox = int(np.prod(shape, dtype=np.int64))
+        if n_vox > self.max_resampled_voxels:
+            raise InputError(
+                ref.path,
+                f"resampled to the model's {tuple(float(t) for t in target)} mm voxels, this {ref.shape} volume "
+                f"of {tuple(round(float(s), 4) for s in ref.spacing)} mm voxels would become {shape} = "
+                f"{n_vox:,} voxels, more than the limit {self.max_resampled_voxels:,}",
+            )
+        import nibabel as nib
+
+        ornt = nib.orientations.io_orientation(ref.affine)
+        coarse = [
+            (axis, float(ref.spacing[axis]), float(target[int(r)]))
+            for axis, (r, _) in enumerate(ornt)
+            if ref.spacing[axis] > COARSE_FACTOR * float(target[int(r)])
+        ]
+        return [
+            f"{ref.path.name}: voxels are {size:.3g} mm along array axis {axis}, more than {COARSE_FACTOR:g} times "
+            f"the model's {goal:g} mm; they are resampled all the same, and the result is coarse"
+            for axis, size, goal in coarse
+        ]
+
     # -- the three steps ---------------------------------------------------------------------------------------
     def prepare(self, item: InputItem) -> Prepared:
+        import torch
+
         options = self.item_options(item)
         t0 = time.perf_counter()
         case = self.read_case(item, options)
+        warnings = self.check_case(case)
         t1 = time.perf_counter()
         data = self.preprocess(case.data)
+        if not bool(torch.isfinite(torch.as_tensor(data[keys.IMAGE])).all()):
+            raise InputError(
+                case.ref.path, "preprocessing gave NaN or infinite values (intensities out of any usable range)"
+            )
+        warnings += self.check_preprocessed(data, case)
         t2 = time.perf_counter()
-        context = {"ref": case.ref, "preview": case.preview, **case.context}
+        context = {"ref": case.ref, "preview": case.preview, **case.context, "warnings": warnings}
         return Prepared(item, data[keys.IMAGE], context, {"read": t1 - t0, "preprocess": t2 - t1}, options)
 
     def run(self, batch: Sequence[Prepared]) -> list[torch.Tensor]:
@@ -226,8 +354,13 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
         return restored
 
     def postprocess(self, prepared: Prepared, maps: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """The label map (X, Y, Z) and the maps (M, X, Y, Z), both on the input's grid."""
+        """The label map (X, Y, Z) and the maps (M, X, Y, Z), both on the input's grid.
+
+        Raises:
+            InputError: the maps hold NaN or infinite values (no result is made of them).
+        """
         restored = self.invert(prepared, maps)
+        _refuse_non_finite(restored, prepared, "maps")
         return self.decode(restored, prepared), restored
 
     def write_outputs(self, prepared: Prepared, labels: np.ndarray, maps: np.ndarray, out_dir: Path) -> ItemOutput:
@@ -254,6 +387,7 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
             )
         if self.wants_explanation(prepared.item):
             probs = self.probabilities(maps, prepared)
+            _refuse_non_finite(probs, prepared, "probabilities")
             prob_path = write_like(np.moveaxis(probs, 0, -1), ref, out_dir / f"{name}_prob.nii.gz", np.float32)
             files["probabilities"] = output.add("probabilities", prob_path, out_dir)
             for role, volume in self.explanation_maps(maps, prepared).items():
@@ -268,6 +402,9 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
             "files": files,
             "model": self.model_fields(),
         }
+        warnings = list(prepared.context.get("warnings", []))
+        if warnings:  # only when there are some, so that results without any keep their shape
+            output.data["warnings"] = warnings
         output.add("result", write_json(output.data, out_dir / f"{name}.json"), out_dir)
         return output
 
@@ -306,6 +443,12 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
         x = torch.zeros((1, channels, *self.roi_size()), device=self.device)
         with torch.no_grad():
             self.forward_maps(x, self.task_options)
+
+
+def _refuse_non_finite(values: np.ndarray, prepared: Prepared, what: str) -> None:
+    if not np.isfinite(values).all():
+        ref: Volume = prepared.context["ref"]
+        raise InputError(ref.path, f"the model's {what} hold NaN or infinite values for this input; no result is made")
 
 
 # -- evaluation ----------------------------------------------------------------------------------------------
@@ -364,7 +507,7 @@ def evaluate_segmentation(
         raise ValueError("no labelled cases to evaluate")
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "cases.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer = SafeDictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     metrics = [k for k in rows[0] if k != "case"]

@@ -5,6 +5,7 @@ largest component per zone, and the per-zone probability and path-disagreement m
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -14,11 +15,11 @@ from pydicom.sr.codedict import codes
 from models.dual_path_unet import ZONES
 from pipelines.common.dicom import SegmentCode
 from pipelines.common.io import read_volume, stack_channels
-from pipelines.common.segmentation import SegmentationPredictor, VolumeCase
+from pipelines.common.segmentation import SegmentationPredictor, VolumeCase, resampled_shape
 from pipelines.common.task import InputItem, Prepared
 from pipelines.prostate.config import ProstateConfig, ProstateOptions
 from pipelines.prostate.losses import disagreement, fuse, split_logits
-from pipelines.prostate.transforms import CHANNELS, preprocess_transforms
+from pipelines.prostate.transforms import CHANNELS, WINDOW, preprocess_transforms
 
 __all__ = ["ZONE_COLORS", "ProstatePredictor", "keep_largest_components"]
 
@@ -53,20 +54,40 @@ class ProstatePredictor(SegmentationPredictor[ProstateOptions]):
     """Loaded prostate model: one case at a time; the centred ROI is one sliding window."""
 
     options_model = ProstateOptions
+    modality = "MR"
 
     def __init__(self, checkpoint: Any, options: Any) -> None:
         self.cfg = ProstateConfig.from_checkpoint(checkpoint.config)
         super().__init__(checkpoint, options)
 
     def preprocess_transforms(self) -> Any:
-        return preprocess_transforms(self.cfg, with_label=False)
+        return preprocess_transforms(self.cfg, with_label=False, record_window=True)
 
     def roi_size(self) -> tuple[int, int, int]:
         return self.cfg.roi_size
 
+    def target_spacing(self) -> tuple[float, float, float] | None:
+        return self.cfg.target_spacing
+
     def read_case(self, item: InputItem, options: ProstateOptions) -> VolumeCase:
         t2 = read_volume(item.paths["t2"])
-        return VolumeCase(stack_channels({"t2": t2}, CHANNELS), t2, t2)
+        return VolumeCase(stack_channels({"t2": t2}, CHANNELS), t2, t2, channels={"t2": t2})
+
+    def check_preprocessed(self, data: Mapping[str, Any], case: VolumeCase) -> list[str]:
+        """A warning when the intensity window is empty in the ROI the network sees (nearly every voxel of it one
+        value: a near-constant image, or one much smaller than the ROI, which zeros pad): the result is then
+        meaningless."""
+        lo, hi = data[WINDOW]
+        if hi > lo:
+            return []
+        fov = resampled_shape(case.ref, self.cfg.target_spacing)
+        covered = np.prod(np.minimum(fov, self.cfg.roi_size)) / np.prod(self.cfg.roi_size)
+        lower, upper = self.cfg.lower_percentile, self.cfg.upper_percentile
+        return [
+            f"{case.ref.path.name}: in the model's field of view ({covered:.1%} of which the image covers) the "
+            f"{lower:g}th and {upper:g}th intensity percentiles are both {lo:g}: the intensity window is empty, "
+            "so the result is meaningless"
+        ]
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         logits_a, logits_b = split_logits(logits)

@@ -7,7 +7,8 @@ zeros where the field of view is smaller), then the 1st–99th percentile window
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+import warnings
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,9 @@ from pipelines.prostate.config import ProstateConfig
 __all__ = [
     "CHANNELS",
     "SDM",
+    "WINDOW",
     "LoadProstateCased",
+    "PercentileWindowd",
     "SignedDistanced",
     "eval_transforms",
     "preprocess_transforms",
@@ -47,6 +50,8 @@ __all__ = [
 CHANNELS = ("t2",)
 #: key of the signed-distance targets (one channel per zone, PZ, TZ, DPU, AFS, in [−1, 1])
 SDM = "sdm"
+#: key under which inference preprocessing records the intensity window it maps to [0, 1]: (lower, upper)
+WINDOW = "intensity_window"
 
 
 def read_zones(path: Path, ref: Volume) -> Volume:
@@ -106,8 +111,49 @@ class SignedDistanced(MapTransform):
         return d
 
 
-def preprocess_transforms(cfg: ProstateConfig, with_label: bool) -> Compose:
-    """Deterministic, invertible preprocessing: RAS, target spacing, centred ROI, percentile window."""
+class PercentileWindowd(ScaleIntensityRangePercentilesd):
+    """MONAI's percentile window mapped to ``[b_min, b_max]``, recording the window under ``record`` if given.
+
+    When the two percentiles are equal (nearly every voxel of the ROI holds one value) the window is empty:
+    MONAI then warns on stderr and shifts instead of scaling. With ``record`` set, the caller reports the
+    window (in the result) and MONAI's warning is silenced.
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[str],
+        lower: float,
+        upper: float,
+        b_min: float,
+        b_max: float,
+        clip: bool,
+        record: str | None = None,
+    ) -> None:
+        super().__init__(keys=keys, lower=lower, upper=upper, b_min=b_min, b_max=b_max, clip=clip)
+        self.record = record
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        if self.record is None:
+            return dict(super().__call__(data))
+        from monai.transforms.utils_pytorch_numpy_unification import percentile
+
+        image = data[self.keys[0]]
+        window = (float(percentile(image, self.scaler.lower)), float(percentile(image, self.scaler.upper)))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Divide by zero \(a_min == a_max\)")
+            out: dict[Hashable, Any] = dict(super().__call__(data))
+        out[self.record] = window
+        return out
+
+
+def preprocess_transforms(cfg: ProstateConfig, with_label: bool, record_window: bool = False) -> Compose:
+    """Deterministic, invertible preprocessing: RAS, target spacing, centred ROI, percentile window.
+
+    Args:
+        cfg: the task's configuration.
+        with_label: also resample the zone map (nearest neighbour).
+        record_window: record the intensity window under :data:`WINDOW` (inference reports an empty one).
+    """
     ks = [keys.IMAGE, keys.LABEL] if with_label else [keys.IMAGE]
     modes = ("bilinear", "nearest") if with_label else ("bilinear",)
     return Compose(
@@ -115,13 +161,14 @@ def preprocess_transforms(cfg: ProstateConfig, with_label: bool) -> Compose:
             Orientationd(keys=ks, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
             Spacingd(keys=ks, pixdim=cfg.target_spacing, mode=modes),
             ResizeWithPadOrCropd(keys=ks, spatial_size=cfg.roi_size),
-            ScaleIntensityRangePercentilesd(
-                keys=keys.IMAGE,
+            PercentileWindowd(
+                keys=[keys.IMAGE],
                 lower=cfg.lower_percentile,
                 upper=cfg.upper_percentile,
                 b_min=0.0,
                 b_max=1.0,
                 clip=True,
+                record=WINDOW if record_window else None,
             ),
         ]
     )
