@@ -1,30 +1,42 @@
-"""Plots written by training and prediction (matplotlib, Agg backend, never a screen)."""
+"""Plots written by training and prediction (matplotlib's object API on an Agg canvas, never a screen).
+
+No pyplot: its figure manager and current figure are process-wide state, and the service draws explanations
+from several threads at once. Each plot owns a :class:`~matplotlib.figure.Figure` with its own Agg canvas, so
+concurrent plots share nothing and nothing is left open afterwards.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def pyplot() -> ModuleType:
-    """``matplotlib.pyplot`` on the Agg backend (never a screen), imported lazily because it is slow to import."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def new_figure(figsize: tuple[float, float]) -> Figure:
+    """A figure on its own Agg canvas (imported lazily: matplotlib is slow to import).
 
-    return plt
+    Args:
+        figsize: ``(width, height)`` in inches.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def plot_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
     """Training loss and every validation metric against epoch."""
-    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     keys = [k for k in (history[0] if history else {}) if k not in ("epoch", "lr", "seconds")]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = new_figure((10, 4))
+    axes = fig.subplots(1, 2)
     for k in keys:
         ax = axes[0] if "loss" in k else axes[1]
         ax.plot(epochs, [h.get(k, np.nan) for h in history], marker=".", label=k)
@@ -36,7 +48,6 @@ def plot_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
             ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
@@ -50,10 +61,10 @@ def plot_overlay(image: np.ndarray, labels: np.ndarray, colors: dict[int, str], 
         path: PNG to write.
         title: figure title (no patient identifiers).
     """
-    plt = pyplot()
     from matplotlib.colors import ListedColormap
 
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = new_figure((5, 5))
+    ax = fig.subplots()
     ax.imshow(image.T, cmap="gray", origin="lower")
     for value, color in colors.items():
         mask = np.ma.masked_where(labels.T != value, np.ones_like(labels.T, dtype=float))
@@ -63,7 +74,6 @@ def plot_overlay(image: np.ndarray, labels: np.ndarray, colors: dict[int, str], 
         ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return path
 
 
@@ -120,10 +130,10 @@ def plot_cam(
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     cam = np.clip(cam, 0.0, 1.0)
-    plt = pyplot()
     from matplotlib import colormaps
 
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig = new_figure((5.5, 4.5))
+    ax = fig.subplots()
     shown = ax.imshow(cam, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
     ax.set_xticks([])
@@ -132,7 +142,6 @@ def plot_cam(
     fig.tight_layout()
     heatmap_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(heatmap_path, dpi=100)
-    plt.close(fig)
 
     height, width = image.shape[:2]
     resized = _resize_map(cam, height, width).clip(0.0, 1.0)
@@ -140,7 +149,8 @@ def plot_cam(
     blend = (1.0 - alpha) * rgb + alpha * colormaps[cmap](resized)[..., :3]
     # about the image's own size, within 4-12 inches at 100 dpi
     fig_w = min(max(width / 100.0, 4.0), 12.0)
-    fig, ax = plt.subplots(figsize=(fig_w, fig_w * height / width + 0.5))
+    fig = new_figure((fig_w, fig_w * height / width + 0.5))
+    ax = fig.subplots()
     ax.imshow(blend.clip(0.0, 1.0), interpolation="bilinear")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -148,7 +158,6 @@ def plot_cam(
     fig.tight_layout()
     overlay_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(overlay_path, dpi=100)
-    plt.close(fig)
     return heatmap_path, overlay_path
 
 
@@ -184,10 +193,10 @@ def plot_confusion_matrix(
     shown = rates if normalise else counts
     vmax = 1.0 if normalise else max(float(counts.max()), 1.0)
 
-    plt = pyplot()
     k = cm.shape[0]
     side = min(max(1.0 + 0.9 * k, 4.0), 14.0)
-    fig, ax = plt.subplots(figsize=(side + 1.0, side))
+    fig = new_figure((side + 1.0, side))
+    ax = fig.subplots()
     image = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=vmax)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="row rate" if normalise else "count")
     integral = np.allclose(counts, np.round(counts))
@@ -209,5 +218,4 @@ def plot_confusion_matrix(
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -385,9 +385,11 @@ def test_plot_confusion_matrix_rejects_bad_input(tmp_path: Path) -> None:
 
 
 def test_plots_leave_no_figures_open(tmp_path: Path) -> None:
-    from pipelines.common.plots import pyplot
+    import matplotlib
 
-    plt = pyplot()
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # only to see that the plots never register a figure with it
+
     before = plt.get_fignums()
     plot_cam(np.zeros((32, 32, 3), np.uint8), np.eye(8), tmp_path / "h.png", tmp_path / "o.png")
     plot_confusion_matrix(np.eye(2), ["a", "b"], tmp_path / "cm.png")
