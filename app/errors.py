@@ -23,6 +23,7 @@ _CODES = {
     422: "validation_error",
     500: "internal",
     503: "unavailable",
+    504: "timeout",
 }
 
 

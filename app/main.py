@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 from app.errors import install_handlers
 from app.metrics import MetricsMiddleware
 from app.routes import health, jobs, models, predict
-from app.security import BodyLimitMiddleware, require_api_key
+from app.security import BodyLimitMiddleware, LocalOnlyMiddleware, require_api_key
 from app.service import API_PREFIX, Service
 from app.settings import Settings, get_settings
 
@@ -29,9 +29,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         the job worker.
 
     Raises:
-        ValueError: if the API key file cannot be read.
+        ValueError: if the API key file cannot be read, a key is too short, or ``settings.host`` is beyond
+            loopback without keys and not ``insecure`` (the CLI's bind rule, also under ``uvicorn --factory``).
     """
     settings = settings or get_settings()
+    settings.check_bind()
     service = Service(settings)
     api_keys = settings.keys()
 
@@ -66,4 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     if api_keys:
         logger.info("API keys required on %s (%d key(s))", API_PREFIX, len(api_keys))
+    else:
+        # outermost: the bind, Host and Origin rules hold however the app is served, before anything else runs
+        app.add_middleware(LocalOnlyMiddleware, insecure=settings.insecure)
     return app

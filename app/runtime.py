@@ -1,8 +1,14 @@
-"""Loaded models: one :class:`ModelRuntime` per served task, its batcher and its device thread.
+"""Loaded models: one :class:`ModelRuntime` per served task, its batcher, its device thread and its work ledger.
 
-The pipeline of one input is the CLI's: ``prepare`` (a worker thread) → ``run`` in a batch (the device
-thread, through the :class:`~app.batching.DynamicBatcher`) → ``finish`` (a worker thread). Nothing here
-knows any task: everything goes through :class:`~pipelines.common.task.Task` and ``Predictor``.
+The pipeline of one input is the CLI's: ``prepare`` (a decode thread) → ``run`` in a batch (the model's device
+thread, through the :class:`~app.batching.DynamicBatcher`) → ``finish`` (a decode thread). Nothing here knows
+any task: everything goes through :class:`~pipelines.common.task.Task` and ``Predictor``.
+
+Backpressure: every input holds a :class:`~app.batching.Claim` on its model's
+:class:`~app.batching.WorkLedger` from admission until its work has really ended, decoding runs in the
+service's bounded :class:`~app.batching.FairPool`, and an input gets ``item_timeout_s`` from the start of its
+decoding to the end of its finishing (a thread cannot be stopped: one that outlives the limit keeps its
+claim, and its decode thread, until it returns).
 """
 
 from __future__ import annotations
@@ -10,51 +16,95 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from starlette.concurrency import run_in_threadpool
-
-from app.batching import DynamicBatcher
+from app.batching import BatchStats, Claim, DynamicBatcher, FairPool, WorkLedger
 from app.errors import QueueFullError
 from app.metrics import Metrics
 from app.settings import Settings
-from app.uploads import scrub
+from app.uploads import redact_paths, scrub
 from pipelines.common.checkpoint import Checkpoint, installed_checkpoint, load_checkpoint
 from pipelines.common.config import TaskOptions
 from pipelines.common.device import resolve_device
 from pipelines.common.errors import InputError
 from pipelines.common.predict import ItemResult
-from pipelines.common.task import InputItem, PredictOptions, Predictor, Prepared, Task, get_task
+from pipelines.common.task import InputItem, ItemOutput, PredictOptions, Predictor, Prepared, Task, get_task
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+MB = 1024 * 1024
+#: seconds between tries of a job's input for a place in a full queue
+SLOT_POLL_S = 0.05
+
 
 class DeviceThreads:
-    """One single-thread executor per device: torch work for a device runs there, one batch at a time."""
+    """The service's threads: one single-thread executor per (device, model), and the shared decode pool.
+
+    Each model runs its batches in a thread of its own, so one model's long batch (a volume) never queues
+    another model's (a signal record): on a GPU both threads launch kernels that the device interleaves, on the
+    CPU they share the cores. torch's intra-op thread count (``torch.set_num_threads``, ``OMP_NUM_THREADS``) is
+    process-wide and left as it is: each running batch uses up to that many threads, and batches of two models
+    running at once time-share the cores (each slower, neither waiting for the other to end); serving several
+    models on a CPU, set ``OMP_NUM_THREADS`` to the cores divided by the models that run at once.
+    """
 
     def __init__(self) -> None:
-        self._executors: dict[str, ThreadPoolExecutor] = {}
+        self._executors: dict[tuple[str, str], ThreadPoolExecutor] = {}
+        self._pool: FairPool | None = None
 
-    def get(self, device: str) -> ThreadPoolExecutor:
-        if device not in self._executors:
-            self._executors[device] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"torch-{device}")
-        return self._executors[device]
+    def get(self, device: str, model: str = "") -> ThreadPoolExecutor:
+        """The executor of ``model`` on ``device`` (created on first use)."""
+        key = (device, model)
+        if key not in self._executors:
+            prefix = f"torch-{device}-{model}" if model else f"torch-{device}"
+            self._executors[key] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=prefix)
+        return self._executors[key]
+
+    def decode_pool(self, workers: int) -> FairPool:
+        """The decode pool shared by every model (created on first use with ``workers`` threads)."""
+        if self._pool is None:
+            self._pool = FairPool(workers, name="decode")
+        return self._pool
 
     def shutdown(self) -> None:
         for ex in self._executors.values():
             ex.shutdown(wait=False, cancel_futures=True)
         self._executors.clear()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
 
 @dataclass
 class Outcome:
-    """One input's result; ``failure`` is ``None``, ``input`` (the input's fault) or ``internal``."""
+    """One input's result; ``failure`` is ``None``, ``input`` (the input's fault), ``timeout`` or ``internal``."""
 
     result: ItemResult
     failure: str | None = None
+
+
+@dataclass(frozen=True)
+class ServedItem(InputItem):
+    """An input of an upload, named without its file names.
+
+    Args:
+        ref: its upload reference (``files[0]``, ``files[1]#2``: :class:`~app.uploads.UploadRefs`), shown as the
+            result's ``input`` and in its messages; ``name`` is opaque (``input-000``): its files are named so.
+        sources: the upload reference of each of its paths, by role.
+        size: bytes of its files (its share of the model's work until it is decoded).
+        redact: hides server folders and the upload's names in message text.
+    """
+
+    ref: str = ""
+    sources: dict[str, str] = field(default_factory=dict)
+    size: int = 0
+    redact: Callable[[str], str] | None = field(default=None, compare=False, repr=False)
 
 
 def _is_cuda_oom(exc: BaseException) -> bool:
@@ -72,6 +122,45 @@ def describe_item(item: InputItem, upload_dir: Path) -> str:
     return item.name
 
 
+def files_size(paths: Any) -> int:
+    """Bytes of the files at ``paths`` (folders walked); unreadable entries count nothing."""
+    total = 0
+    for p in paths:
+        try:
+            if p.is_dir():
+                total += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+            else:
+                total += p.stat().st_size
+        except OSError:
+            continue
+    return total
+
+
+def data_nbytes(data: Any) -> int:
+    """Bytes of the arrays and tensors in ``data`` (nested mappings and sequences walked)."""
+    nbytes = getattr(data, "nbytes", None)
+    if isinstance(nbytes, int):  # numpy arrays and torch tensors both have it
+        return nbytes
+    if isinstance(data, dict):
+        return sum(data_nbytes(v) for v in data.values())
+    if isinstance(data, list | tuple):
+        return sum(data_nbytes(v) for v in data)
+    return 0
+
+
+def _role_of(item: InputItem, path: str) -> str | None:
+    """The role of ``item`` that ``path`` is (or is inside)."""
+    try:
+        target = Path(path).resolve()
+    except (OSError, ValueError):
+        return None
+    for role, p in item.paths.items():
+        root = p.resolve()
+        if target == root or root in target.parents:
+            return role
+    return None
+
+
 class ModelRuntime:
     """A served task: its checkpoint, its predictor once loaded, its batcher and its state.
 
@@ -79,7 +168,7 @@ class ModelRuntime:
         task: the registered task.
         checkpoint_path: its checkpoint file (``None`` when there is none: the runtime is ``failed``).
         settings: service settings (device, batching, the task's default options).
-        threads: the device threads shared by every model.
+        threads: the service's threads (this model's device thread, the decode pool).
         metrics: where batches are recorded.
     """
 
@@ -102,6 +191,15 @@ class ModelRuntime:
             self.default_options: TaskOptions = served_options(task, settings)
         except ValueError as exc:  # checked by ``discover_models`` first; here it fails this model only
             self.default_options, self.state, self.error = task.options_model(), "failed", str(exc)
+        self.pool = threads.decode_pool(settings.decode_workers)
+        self.ledger = WorkLedger(
+            self.name,
+            max_items=settings.max_queue,
+            max_bytes=max(1, int(settings.max_queue_mb * MB)),
+            retry_after_s=settings.retry_after_s,
+            max_retry_after_s=settings.retry_after_max_s,
+            batch_size=settings.max_batch_size,
+        )
         self._ready = asyncio.Event()
 
     @property
@@ -120,7 +218,7 @@ class ModelRuntime:
             return
         try:
             self.device = resolve_device(self.settings.device)
-            executor = self.threads.get(self.device)
+            executor = self.threads.get(self.device, self.name)  # its own: no model waits for another's batch
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(executor, self._load_sync)
             if self.settings.warmup:
@@ -136,19 +234,24 @@ class ModelRuntime:
                 executor=executor,
                 name=self.name,
                 retry_after_s=self.settings.retry_after_s,
-                on_batch=lambda stats, queue: self.metrics.observe_batch(
-                    self.name, stats.compute_s, stats.batch_size, queue
-                ),
+                on_batch=self._observe_batch,
+                max_queue_cost=self.ledger.max_bytes,
+                retry_after=self.ledger.retry_after,
             )
+            self.ledger.batch_size = self.batcher.max_batch_size
             self.batcher.start()
             self.state = "ready"
             logger.info("%s: ready on %s (batch up to %d)", self.name, self.device, self.batcher.max_batch_size)
         except Exception as exc:  # any load failure leaves this model failed and the others serving
             self.state = "failed"
-            self.error = f"{type(exc).__name__}: {exc}"
-            logger.error("%s: failed to load: %s", self.name, self.error)
+            logger.error("%s: failed to load: %s: %s", self.name, type(exc).__name__, exc)
+            self.error = redact_paths(f"{type(exc).__name__}: {exc}")  # shown by /readyz and 503s
         finally:
             self._ready.set()
+
+    def _observe_batch(self, stats: BatchStats, queue_times: list[float]) -> None:
+        self.ledger.observe_batch(stats.compute_s, stats.batch_size)
+        self.metrics.observe_batch(self.name, stats.compute_s, stats.batch_size, queue_times)
 
     def _load_sync(self) -> None:
         """Load the checkpoint and build the predictor once (its weights are loaded once)."""
@@ -178,6 +281,111 @@ class ModelRuntime:
         if self.batcher is not None:
             await self.batcher.stop()
 
+    # -- admission and decoding ------------------------------------------------------------------
+    def admit(self, nbytes: int) -> Claim:
+        """Admit a request whose body is not read yet: one item and its declared size, on the model's ledger.
+
+        Raises:
+            QueueFullError: the model's outstanding work is at its bound (503 with a ``Retry-After`` that grows
+                with it).
+        """
+        return self.ledger.claim(1, max(0, int(nbytes)))
+
+    async def in_pool(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        claim: Claim | None = None,
+        urgent: bool = False,
+        deadline: float | None = None,
+    ) -> T:
+        """Run ``fn(*args)`` in the decode pool; ``claim`` (if any) is held until the call has really ended.
+
+        Args:
+            fn: the call.
+            args: its arguments.
+            claim: the work it is done for, held by the call even after this coroutine was cancelled.
+            urgent: ahead of every waiting call (``finish``).
+            deadline: ``time.monotonic()`` by which it must have returned.
+
+        Raises:
+            TimeoutError: past ``deadline`` (a running call runs on, holding its claim and its thread).
+        """
+        return (await self._in_pool(fn, *args, claim=claim, urgent=urgent, deadline=deadline))[0]
+
+    async def _in_pool(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        claim: Claim | None,
+        urgent: bool = False,
+        deadline: float | None = None,
+        limit: float | None = None,
+    ) -> tuple[T, float | None]:
+        """:meth:`in_pool`; with ``limit`` instead of a deadline, the deadline is ``limit`` seconds after the
+        call starts running (waiting for a free thread does not count). Returns the result and the deadline."""
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[float] = loop.create_future()
+
+        def on_start() -> None:  # in the worker thread
+            t = time.monotonic()
+
+            def mark() -> None:
+                if not started.done():
+                    started.set_result(t)
+
+            try:
+                loop.call_soon_threadsafe(mark)
+            except RuntimeError:  # the loop has closed: nobody waits any more
+                pass
+
+        if claim is not None:
+            claim.hold()
+        try:
+            cfut = self.pool.submit(self.name, fn, *args, urgent=urgent, on_start=on_start)
+        except BaseException:
+            if claim is not None:
+                claim.let_go()
+            raise
+        if claim is not None:
+            held = claim
+            cfut.add_done_callback(lambda _: held.let_go())  # when the thread is done, or the call dropped
+        fut = asyncio.wrap_future(cfut)
+        try:
+            if deadline is None and limit is not None:
+                pending: set[asyncio.Future[Any]] = {fut, started}
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                deadline = (started.result() if started.done() else time.monotonic()) + limit
+            if deadline is None:
+                return await fut, None
+            return await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic())), deadline
+        finally:
+            fut.cancel()  # nothing when done; a call not started yet is dropped; a running one runs on
+            started.cancel()
+
+    async def _claim_item(self, item: InputItem, *, wait_for_slot: bool) -> Claim:
+        """A claim for one input not admitted with its request (a job's): wait for room, or raise."""
+        size = item.size if isinstance(item, ServedItem) else files_size(item.paths.values())
+        while True:
+            try:
+                return self.ledger.claim(1, size)
+            except QueueFullError:
+                if not wait_for_slot:
+                    raise
+            await asyncio.sleep(SLOT_POLL_S)
+
+    async def _batch(self, prepared: Prepared, claim: Claim, *, wait_for_slot: bool) -> tuple[Any, BatchStats]:
+        """Run one prepared input in a batch; ``claim`` is held until its batch has ended."""
+        assert self.batcher is not None
+        while True:
+            claim.hold()  # the batcher lets go of it exactly once, whatever happens
+            try:
+                return await self.batcher.submit_with_stats(prepared, cost=claim.nbytes, on_release=claim.let_go)
+            except QueueFullError:
+                if not wait_for_slot:
+                    raise
+            await asyncio.sleep(SLOT_POLL_S)
+
     # -- inference -------------------------------------------------------------------------------
     def _run_batch(self, batch: list[Prepared]) -> list[Any]:
         """The batch function (device thread); on CUDA out-of-memory, retry the batch on the CPU."""
@@ -200,54 +408,103 @@ class ModelRuntime:
                 predictor.move_to(original)
                 torch.cuda.empty_cache()
 
-    async def predict_item(self, item: InputItem, out_dir: Path, upload_dir: Path, *, wait_for_slot: bool) -> Outcome:
+    async def predict_item(
+        self, item: InputItem, out_dir: Path, upload_dir: Path, *, wait_for_slot: bool, claim: Claim | None = None
+    ) -> Outcome:
         """Prepare, run (batched) and finish one input; errors become this input's own outcome.
+
+        A :class:`ServedItem` is shown by its upload reference and its messages are redacted; any other item by
+        its path without server folders. The input gets ``item_timeout_s`` from the start of its decoding to the
+        end of its finishing, else a ``timeout`` outcome.
 
         Args:
             item: the grouped input (with its request's task options).
             out_dir: where ``finish`` writes files.
             upload_dir: the private upload folder (hidden from messages).
             wait_for_slot: on a full queue, wait and retry (jobs) instead of raising (requests).
+            claim: the input's share of the model's work, claimed (and let go of) by the caller; every thread
+                and batch working for the input holds it as well until it returns. ``None``: claimed here (and
+                let go of here).
 
         Raises:
             QueueFullError: the queue is full and ``wait_for_slot`` is false.
         """
         assert self.batcher is not None
+        if claim is not None:
+            return await self._predict(item, out_dir, upload_dir, claim, wait_for_slot=wait_for_slot)
+        own = await self._claim_item(item, wait_for_slot=wait_for_slot)
+        try:
+            return await self._predict(item, out_dir, upload_dir, own, wait_for_slot=wait_for_slot)
+        finally:
+            own.let_go()
+
+    async def _predict(
+        self, item: InputItem, out_dir: Path, upload_dir: Path, claim: Claim, *, wait_for_slot: bool
+    ) -> Outcome:
         assert self.predictor is not None
         predictor = self.predictor
-        label = describe_item(item, upload_dir)
+        limit = self.settings.item_timeout_s
+        if isinstance(item, ServedItem) and item.ref:
+            ref, sources = item.ref, item.sources
+            redact = item.redact or (lambda text: scrub(text, upload_dir, out_dir))
+        else:
+            ref, sources = describe_item(item, upload_dir), {}
+
+            def redact(text: str) -> str:
+                return scrub(text, upload_dir, out_dir)
+
         t0 = time.perf_counter()
 
-        def failed(exc: BaseException, kind: str) -> Outcome:
+        def failed(exc: BaseException | None, kind: str) -> Outcome:
             if kind == "internal":
-                logger.error("%s: inference failed: %s", self.name, type(exc).__name__, exc_info=exc)
-                message = f"{label}: inference failed ({type(exc).__name__})"
+                assert exc is not None
+                # the traceback helps whoever runs the server; its data folders and input names do not
+                trace = redact("".join(traceback.format_exception(exc)))
+                logger.error("%s: inference failed for %s (%s)\n%s", self.name, ref, type(exc).__name__, trace)
+                message = f"{ref}: inference failed ({type(exc).__name__})"
+            elif kind == "timeout":
+                message = f"{ref}: timed out after {limit:g} s"
+            elif isinstance(exc, InputError):
+                role = _role_of(item, exc.path) if len(item.paths) > 1 else None
+                message = f"{ref} ({role}): {redact(exc.problem)}" if role else f"{ref}: {redact(exc.problem)}"
             else:
-                message = scrub(str(exc), upload_dir, out_dir)
+                message = f"{ref}: {redact(str(exc))}"
             self.metrics.item_failures.labels(self.name, kind).inc()
-            return Outcome(ItemResult(label, "error", error=message, seconds=time.perf_counter() - t0), kind)
+            seconds = time.perf_counter() - t0
+            result = ItemResult(ref, "error", error=message, seconds=seconds, name=item.name, source=sources)
+            return Outcome(result, kind)
 
         try:
-            prepared = await run_in_threadpool(predictor.prepare, item)
+            prepared, deadline = await self._in_pool(predictor.prepare, item, claim=claim, limit=limit)
+        except TimeoutError:
+            return failed(None, "timeout")
         except (InputError, ValueError) as exc:
             return failed(exc, "input")
         except Exception as exc:  # a reader crashing on a hostile file is still that file's problem
-            logger.warning("%s: prepare raised %s", self.name, type(exc).__name__)
-            return failed(InputError(label, f"cannot be read ({type(exc).__name__})"), "input")
-        while True:
-            try:
-                raw, stats = await self.batcher.submit_with_stats(prepared)
-                break
-            except QueueFullError:
-                if not wait_for_slot:
-                    raise
-                await asyncio.sleep(0.05)
-            except (InputError, ValueError) as exc:
-                return failed(exc, "input")
-            except Exception as exc:
-                return failed(exc, "internal")
+            logger.warning("%s: prepare of %s raised %s", self.name, ref, type(exc).__name__)
+            return failed(InputError(ref, f"cannot be read ({type(exc).__name__})"), "input")
+        assert deadline is not None
+        nbytes = data_nbytes(prepared.data)
+        if nbytes:
+            claim.resize(nbytes)  # from now on it weighs what it decoded to
         try:
-            output = await run_in_threadpool(predictor.finish, prepared, raw, out_dir)
+            raw, stats = await asyncio.wait_for(
+                self._batch(prepared, claim, wait_for_slot=wait_for_slot), max(0.0, deadline - time.monotonic())
+            )
+        except TimeoutError:
+            return failed(None, "timeout")
+        except QueueFullError:
+            raise
+        except (InputError, ValueError) as exc:
+            return failed(exc, "input")
+        except Exception as exc:
+            return failed(exc, "internal")
+        try:
+            output: ItemOutput = await self.in_pool(
+                predictor.finish, prepared, raw, out_dir, claim=claim, urgent=True, deadline=deadline
+            )
+        except TimeoutError:
+            return failed(None, "timeout")
         except (InputError, ValueError) as exc:
             return failed(exc, "input")
         except Exception as exc:
@@ -255,8 +512,18 @@ class ModelRuntime:
         timings = {**prepared.timings, "queue": stats.queue_s, "infer": prepared.timings.get("infer", stats.compute_s)}
         timings["batch_size"] = float(stats.batch_size)
         seconds = time.perf_counter() - t0
-        result = ItemResult(label, "ok", outputs=output.data, seconds=seconds, timings=timings, files=output.files)
-        return Outcome(result)
+        result = ItemResult(
+            ref,
+            "ok",
+            outputs=output.data,
+            seconds=seconds,
+            timings=timings,
+            files=output.files,
+            name=item.name,
+            source=sources,
+        )
+        # an "ok" result whose outputs are not finite was turned into this input's error by ItemResult
+        return Outcome(result, "input" if result.status == "error" else None)
 
 
 def served_options(task: Task, settings: Settings) -> TaskOptions:

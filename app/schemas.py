@@ -33,14 +33,21 @@ class ModelState(BaseModel):
 
     state: str
     device: str | None = None
-    error: str | None = None
+    error: str | None = Field(default=None, description="Why it failed (no server paths).")
+
+
+class JobsState(BaseModel):
+    """The job worker: ``running``, or ``stopped`` (not started, or one of its tasks ended)."""
+
+    state: Literal["running", "stopped"]
 
 
 class Readiness(BaseModel):
-    """Readiness of every enabled model."""
+    """Readiness of every enabled model and of the job worker."""
 
     ready: bool
     models: dict[str, ModelState]
+    jobs: JobsState
 
 
 class DataCard(BaseModel):
@@ -104,7 +111,12 @@ class FileLink(BaseModel):
 class ItemOutcome(BaseModel):
     """The result of one input, as the CLI's report writes it, with links to the files it wrote."""
 
-    input: str
+    input: str = Field(
+        description="Which upload this input came from: files[i], files[i]#k inside an archive, "
+        "files[i,j] for an input made of several uploads; never a file or folder name."
+    )
+    name: str | None = Field(default=None, description="The opaque name its output files carry (input-NNN).")
+    source: dict[str, str] = Field(default_factory=dict, description="Each role's upload reference.")
     status: Literal["ok", "error", "skipped"]
     outputs: dict[str, Any] = Field(default_factory=dict)
     files: list[FileLink] = Field(default_factory=list, description="This input's files, by role.")
@@ -168,6 +180,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (415, "Unsupported media type or no usable input among the files."),
         (422, "Request validation failed."),
         (503, "Model not ready, or queue full (see Retry-After)."),
+        (504, "The request or every input ran past its time limit."),
     )
 }
 

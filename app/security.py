@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import re
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from fastapi import Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import ServiceError, error_json
+from app.settings import is_loopback
 from pipelines.common import archives
 
 logger = logging.getLogger(__name__)
@@ -86,6 +89,124 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+def _authority_host(authority: str) -> str | None:
+    """The host of a ``Host`` header value or an origin's authority, lower-cased, without port; None if malformed."""
+    value = authority.strip().lower()
+    if value.startswith("["):  # [IPv6]:port
+        end = value.find("]")
+        if end < 0:
+            return None
+        name, rest = value[1:end], value[end + 1 :]
+    else:
+        name, colon, port = value.partition(":")
+        rest = colon + port
+    if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+        return None
+    name = name.rstrip(".")
+    return name if name and "@" not in name and "/" not in name else None
+
+
+def _origin_host(origin: str) -> str | None:
+    """The host of an ``Origin`` header (``scheme://host[:port]``); None for ``null`` or anything malformed."""
+    try:
+        parts = urlsplit(origin.strip())
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or parts.path not in ("", "/") or parts.query or parts.fragment:
+        return None
+    return _authority_host(parts.netloc)
+
+
+def _beyond_loopback(server: object) -> bool:
+    """Whether the address a request arrived on (``scope["server"]``) is a network address beyond loopback.
+
+    Servers that listen on sockets (uvicorn, gunicorn's uvicorn workers, hypercorn) give the local address of the
+    connection; a Unix socket gives none, and in-process transports (TestClient) give a name, not an address:
+    neither is a network bind.
+    """
+    if not isinstance(server, list | tuple) or not server:
+        return False
+    host = str(server[0]).strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return not is_loopback(host)
+
+
+class LocalOnlyMiddleware:
+    """The rules of a service without API keys, whatever server runs the app (``medinfer serve``, ``uvicorn
+    --factory``, gunicorn).
+
+    - A request that arrived on an address beyond loopback is refused (403) unless ``insecure``: the bind rule
+      of :meth:`app.settings.Settings.check_bind`, enforced per connection since the ASGI app cannot see the
+      server's bind; the first refusal is logged as an error.
+    - A request that arrived on loopback must name a loopback host (or the address it arrived on) in ``Host``:
+      a DNS-rebinding page in a browser sends its own host name (403).
+    - A request whose ``Origin`` is another site (not loopback, not the ``Host`` it was sent to) is refused: a
+      cross-site form post from a browser (403). Clients that are not browsers send no ``Origin``.
+
+    Install it only when no API keys are configured: keys authenticate every request by themselves.
+
+    Args:
+        app: the wrapped ASGI app.
+        insecure: allow requests that arrive beyond loopback (``MEDINFER_INSECURE``).
+    """
+
+    def __init__(self, app: ASGIApp, insecure: bool = False) -> None:
+        self.app = app
+        self.insecure = insecure
+        self._logged = False
+
+    def _refusal(self, scope: Scope) -> str | None:
+        server = scope.get("server")
+        remote = _beyond_loopback(server)
+        if remote and not self.insecure:
+            if not self._logged:
+                self._logged = True
+                logger.error(
+                    "refusing requests on %s without API keys: set MEDINFER_API_KEYS (or MEDINFER_API_KEYS_FILE), "
+                    "bind 127.0.0.1, or set MEDINFER_INSECURE=true",
+                    server[0] if server else "?",
+                )
+            return (
+                "this service has no API keys and serves loopback only: set MEDINFER_API_KEYS (or "
+                "MEDINFER_API_KEYS_FILE), bind 127.0.0.1, or set MEDINFER_INSECURE=true"
+            )
+        headers = {}
+        for name, value in scope.get("headers", []):
+            if name in (b"host", b"origin"):
+                if name in headers:
+                    return f"more than one {name.decode()} header"
+                headers[name] = value.decode("latin-1")
+        host = None
+        if b"host" in headers:
+            host = _authority_host(headers[b"host"])
+            server_name = str(server[0]).strip("[]").lower() if server else None
+            if host is None or not (remote or is_loopback(host) or host == server_name):
+                return (
+                    "the Host header must name a loopback host (127.0.0.1, localhost, [::1]) on a service without "
+                    "API keys"
+                )
+        if b"origin" in headers:
+            origin = _origin_host(headers[b"origin"])
+            if origin is None or not (is_loopback(origin) or origin == host):
+                return "cross-site requests are refused on a service without API keys (Origin is another site)"
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        problem = self._refusal(scope)
+        if problem is None:
+            await self.app(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": problem[:120]})
+        else:
+            await error_json(403, "forbidden", problem)(scope, receive, send)
 
 
 def safe_name(name: str, fallback: str = "upload") -> str:

@@ -6,16 +6,28 @@ import asyncio
 import logging
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import Depends, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from app.batching import Claim, when_all_released
 from app.errors import ServiceError
-from app.jobs import JobRecord, JobStore, JobWorker
+from app.jobs import (
+    STORE_ERRORS,
+    DataDirLock,
+    JobFailed,
+    JobIntake,
+    JobRecord,
+    JobStore,
+    JobWorker,
+    redact_paths,
+    retrying,
+)
 from app.metrics import Metrics
-from app.runtime import DeviceThreads, ModelRuntime, Outcome, discover_models
+from app.runtime import DeviceThreads, ModelRuntime, Outcome, ServedItem, discover_models, files_size
 from app.settings import Settings
-from app.uploads import private_dir, remove_tree, scrub, store_uploads
+from app.uploads import MANIFEST, UploadRefs, private_dir, remove_tree, store_uploads, stored_uploads
 from pipelines.common.config import ConfigError, TaskOptions
 from pipelines.common.errors import InputError
 from pipelines.common.predict import ItemResult, Report
@@ -27,7 +39,8 @@ API_PREFIX = "/api/v1"
 
 
 def file_url(job_id: str, rel: str) -> str:
-    return f"{API_PREFIX}/jobs/{job_id}/files/{rel}"
+    """The link of a result file (``rel``: its path in the result folder, quoted)."""
+    return f"{API_PREFIX}/jobs/{job_id}/files/{quote(rel, safe='/')}"
 
 
 class Service:
@@ -46,6 +59,8 @@ class Service:
         self.metrics = Metrics(job_counts=self._job_counts, queue_depths=self._queue_depths)
         self.runtimes: dict[str, ModelRuntime] = {}
         self.worker: JobWorker | None = None
+        self.intake: JobIntake | None = None
+        self.lock = DataDirLock(self.data_dir)
         self._loading: list[asyncio.Task[None]] = []
 
     def _job_counts(self) -> dict[str, int]:
@@ -56,29 +71,48 @@ class Service:
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def startup(self) -> None:
-        """Open the store, recover jobs, start loading models (in the background) and the job worker."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        remove_tree(self.tmp_dir)  # uploads of a previous process that died mid-request
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.chmod(0o700)
-        self.store = JobStore(self.data_dir)
-        for task, ckpt in discover_models(self.settings):
-            self.runtimes[task.name] = ModelRuntime(task, ckpt, self.settings, self.threads, self.metrics)
-        if not self.runtimes:
-            logger.warning("no task has a checkpoint in %s; nothing to serve", self.settings.checkpoints)
-        loop = asyncio.get_running_loop()
-        self._loading = [loop.create_task(rt.load(), name=f"load-{rt.name}") for rt in self.runtimes.values()]
-        pending = self.store.recover(self.settings.job_max_attempts, served=set(self.runtimes))
-        self.worker = JobWorker(
-            self.store,
-            self._run_job,
-            workers=self.settings.job_workers,
-            ttl_s=self.settings.result_ttl_s,
-            cleanup_interval_s=self.settings.cleanup_interval_s,
-        )
-        self.worker.start(pending)
+        """Lock the data folder, open the store, recover jobs, sweep leftovers, load models, start the worker.
+
+        The lock comes first: a second server on the same data folder fails here (:class:`~app.jobs.DataDirInUse`)
+        before it has touched a file. A startup that fails later undoes what it did (and releases the lock).
+        """
+        self.lock.acquire()
+        try:
+            remove_tree(self.tmp_dir)  # uploads of a previous process that died mid-request
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            self.tmp_dir.chmod(0o700)
+            self.store = JobStore(self.data_dir)
+            for task, ckpt in discover_models(self.settings):
+                self.runtimes[task.name] = ModelRuntime(task, ckpt, self.settings, self.threads, self.metrics)
+            if not self.runtimes:
+                logger.warning("no task has a checkpoint in %s; nothing to serve", self.settings.checkpoints)
+            loop = asyncio.get_running_loop()
+            self._loading = [loop.create_task(rt.load(), name=f"load-{rt.name}") for rt in self.runtimes.values()]
+            pending = self.store.recover(self.settings.job_max_attempts, served=set(self.runtimes))
+            swept = self.store.sweep()
+            if swept:
+                logger.info("removed %d leftover job folder(s) of a previous run", swept)
+            self.intake = JobIntake(
+                self.store,
+                max_active=self.settings.max_queued_jobs,
+                max_items=self.settings.max_job_items,
+                max_disk_bytes=int(self.settings.max_jobs_disk_mb * 1024 * 1024),
+                retry_after_s=self.settings.jobs_retry_after_s,
+            )
+            self.worker = JobWorker(
+                self.store,
+                self._run_job,
+                workers=self.settings.job_workers,
+                ttl_s=self.settings.result_ttl_s,
+                cleanup_interval_s=self.settings.cleanup_interval_s,
+            )
+            self.worker.start(pending)
+        except BaseException:
+            await self.shutdown()
+            raise
 
     async def shutdown(self) -> None:
+        """Stop the worker and the models, close the store and release the data folder (also after a failed start)."""
         for t in self._loading:
             t.cancel()
         if self.worker is not None:
@@ -88,10 +122,14 @@ class Service:
         self.threads.shutdown()
         if self.store is not None:
             self.store.close()
+            self.store = None
+        self.lock.release()
 
     @property
     def ready(self) -> bool:
-        return bool(self.runtimes) and all(rt.ready for rt in self.runtimes.values())
+        """Every model loaded and warmed, and the job worker running."""
+        models = bool(self.runtimes) and all(rt.ready for rt in self.runtimes.values())
+        return models and self.worker is not None and self.worker.running
 
     def runtime(self, task: str, *, must_be_ready: bool = True) -> ModelRuntime:
         """The served task.
@@ -127,28 +165,72 @@ class Service:
             raise ServiceError(422, str(exc)) from exc
 
     async def _collect(
-        self, rt: ModelRuntime, paths: list[Path], upload_dir: Path, explain: bool, options: TaskOptions
+        self,
+        rt: ModelRuntime,
+        paths: list[Path],
+        upload_dir: Path,
+        explain: bool,
+        options: TaskOptions,
+        *,
+        claim: Claim | None = None,
     ) -> tuple[list[InputItem], list[Outcome]]:
         """Group the uploaded files: the items, and an error outcome for every file that could not be used.
+
+        The task groups the files in the model's decode pool (``claim``, when given, is held until it has
+        really ended). Every item becomes a :class:`~app.runtime.ServedItem` with an opaque name
+        (``input-000``, ``input-001``... in the task's order, unique within the upload: its output files are named
+        after it, so two cases of the same name never overwrite each other) and its upload reference as its
+        ``input`` (:class:`~app.uploads.UploadRefs`: ``files[0]``, ``files[0]#2``, ``files[0,1]``). Messages name
+        uploads by reference and hide every client-supplied name and server folder.
+
+        Args:
+            rt: the model.
+            paths: the stored uploads (:func:`~app.uploads.stored_uploads`; the manifest is skipped).
+            upload_dir: the private folder they are stored in.
+            explain: also explain every item.
+            options: the request's task options.
+            claim: the request's work on the model's ledger.
 
         Raises:
             ServiceError: 415 when nothing usable was uploaded, 400 when every file was unusable.
         """
+        order = {p: i for i, p in enumerate(stored_uploads(upload_dir))}
+        uploads = sorted((p for p in paths if p.name != MANIFEST), key=lambda p: order.get(p, len(order)))
+        return await rt.in_pool(self._group, rt, uploads, upload_dir, explain, options, claim=claim)
+
+    def _group(
+        self, rt: ModelRuntime, uploads: list[Path], upload_dir: Path, explain: bool, options: TaskOptions
+    ) -> tuple[list[InputItem], list[Outcome]]:
+        """:meth:`_collect`'s work (a decode thread)."""
+        refs = UploadRefs(uploads, upload_dir, keep=rt.task.contract.channels, folders=[self.data_dir])
         try:
-            collected = await run_in_threadpool(rt.task.collect_inputs, [str(p) for p in paths])
+            collected = rt.task.collect_inputs([str(p) for p in uploads])
         except (InputError, ValueError) as exc:
-            raise ServiceError(400, scrub(str(exc), upload_dir)) from exc
-        errors = [scrub(str(exc), upload_dir) for exc in collected.errors]
+            raise ServiceError(400, refs.error(exc)[1]) from exc
+        for it in collected.items:
+            refs.redact.add(it.name)  # the name the task gave an input comes from its files' names
+        errors = [refs.error(exc) for exc in collected.errors]
         if not collected.items:
             if errors:
-                raise ServiceError(400, "; ".join(errors))
+                raise ServiceError(400, "; ".join(message for _, message in errors))
             formats = "; ".join(rt.task.contract.formats)
             raise ServiceError(415, f"no usable {rt.name} input among the uploaded files (accepted: {formats})")
-        items = [InputItem(it.name, it.paths, explain or it.explain, options) for it in collected.items]
-        failed = [
-            Outcome(ItemResult(scrub(exc.path, upload_dir), "error", error=msg), "input")
-            for exc, msg in zip(collected.errors, errors, strict=True)
-        ]
+        items: list[InputItem] = []
+        for i, (it, ref) in enumerate(zip(collected.items, refs.item_refs(collected.items), strict=True)):
+            name = f"input-{i:03d}"
+            items.append(
+                ServedItem(
+                    name=name,
+                    paths=it.paths,
+                    explain=explain or it.explain,
+                    options=options,
+                    ref=ref or name,
+                    sources={role: refs.upload_ref(p) for role, p in it.paths.items()},
+                    size=files_size(it.paths.values()),
+                    redact=refs.redact,
+                )
+            )
+        failed = [Outcome(ItemResult(ref, "error", error=message), "input") for ref, message in errors]
         return items, failed
 
     @staticmethod
@@ -179,38 +261,60 @@ class Service:
 
     # -- synchronous prediction ------------------------------------------------------------------
     async def predict(
-        self, task: str, files: list[UploadFile], options: dict[str, Any], *, explain: bool
+        self,
+        task: str,
+        files: list[UploadFile],
+        options: dict[str, Any],
+        *,
+        explain: bool,
+        admission: Claim | None = None,
     ) -> dict[str, Any]:
         """Predict on uploaded files; the files the task writes are kept as a finished ``predict`` record.
+
+        The request's work is counted on the model's ledger throughout: ``admission`` (one item and the declared
+        size, claimed before the body was read) covers unpacking and grouping, then each input holds a claim of
+        its own (all or none: 503 when they do not fit beside the outstanding work, 413 when they could never
+        fit) until its threads have returned. The upload and, on failure, the result folder are removed once
+        every thread working for the request has returned, never under a running one.
 
         Args:
             task: the served task.
             files: the upload.
             options: the request's task options (validated by the task's options model).
             explain: also explain.
+            admission: the request's claim from :meth:`~app.runtime.ModelRuntime.admit` (the caller lets go of
+                it); ``None``: claimed here.
 
         Raises:
             ServiceError: 400 when every input failed for its own reason, 404/503 for the model, 413/415 for
-                the upload, 422 for invalid options, 503 on a full queue.
+                the upload, 422 for invalid options, 503 on a full queue, 504 when every input timed out.
         """
         rt = self.runtime(task)
         task_options = self._options(rt, options)
         store = self.job_store()
+        ticket = admission if admission is not None else rt.admit(sum(f.size or 0 for f in files))
         upload_dir = private_dir(self.tmp_dir, "upload-")
         job_id = store.new_id()
         out_dir = store.output_dir(job_id)
+        claims: list[Claim] = []
+
+        async def held(fn: Any, *args: Any) -> Any:
+            return await rt.in_pool(fn, *args, claim=ticket)
+
         try:
-            paths = await store_uploads(files, upload_dir, self.settings)
-            items, failed = await self._collect(rt, paths, upload_dir, explain, task_options)
-            if len(items) > self.settings.max_items_per_request:
+            paths = await store_uploads(files, upload_dir, self.settings, run=held)
+            items, failed = await self._collect(rt, paths, upload_dir, explain, task_options, claim=ticket)
+            limit = min(self.settings.max_items_per_request, rt.ledger.max_items)
+            if len(items) > limit:
                 raise ServiceError(
-                    413,
-                    f"{len(items)} inputs in one request; the limit is {self.settings.max_items_per_request}"
-                    " (submit a job for more)",
+                    413, f"{len(items)} inputs in one request; the limit is {limit} (submit a job for more)"
                 )
+            sizes = [it.size if isinstance(it, ServedItem) else 0 for it in items]
+            claims = rt.ledger.claim_each(sizes, replacing=ticket)
             out_dir.mkdir(parents=True)
             tasks = [
-                asyncio.ensure_future(rt.predict_item(it, out_dir, upload_dir, wait_for_slot=False)) for it in items
+                asyncio.ensure_future(rt.predict_item(it, out_dir, upload_dir, wait_for_slot=False, claim=c))
+                for it, c in zip(items, claims, strict=True)
             ]
             try:
                 outcomes = [*failed, *await asyncio.gather(*tasks)]
@@ -221,15 +325,22 @@ class Service:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
         except BaseException:
-            remove_tree(store.job_dir(job_id))
+            when_all_released([ticket, *claims], lambda: remove_tree(store.job_dir(job_id)))
             raise
         finally:
-            remove_tree(upload_dir)
+            for c in claims:
+                c.let_go()  # each input's threads and batch hold it on their own until they return
+            if admission is None:
+                ticket.let_go()
+            when_all_released([ticket, *claims], lambda: remove_tree(upload_dir))
         failures = [o for o in outcomes if o.failure]
         if len(failures) == len(outcomes):
-            remove_tree(store.job_dir(job_id))
+            when_all_released(claims, lambda: remove_tree(store.job_dir(job_id)))
+            message = "; ".join(o.result.error or "" for o in failures)
             if all(o.failure == "input" for o in failures):
-                raise ServiceError(400, "; ".join(o.result.error or "" for o in failures))
+                raise ServiceError(400, message)
+            if all(o.failure in ("input", "timeout") for o in failures):
+                raise ServiceError(504, message, "timeout")
             raise ServiceError(500, "inference failed", "internal")
         return await run_in_threadpool(self._store_prediction, task, rt.version, job_id, list(outcomes))
 
@@ -258,62 +369,105 @@ class Service:
     async def submit_job(
         self, task: str, files: list[UploadFile], options: dict[str, Any], *, explain: bool
     ) -> JobRecord:
-        """Store the upload with a new queued job and hand it to the worker (options validated first: 422)."""
+        """Store the upload with a new queued job and hand it to the worker.
+
+        In order: the model (404, or 503 when it failed to load), the options (422), the job storage with the
+        upload's size (503), a place in the queue (503), then, once the upload is stored, the storage again (an
+        archive unpacks larger: 503) and its number of inputs (413). A refused upload is removed. The database
+        row keeps the task, the options and the explain flag: never a file name.
+
+        Raises:
+            ServiceError: as above; 503 also when the upload or the row cannot be written (disk, database).
+        """
         rt = self.runtime(task, must_be_ready=False)
         if rt.state == "failed":
-            raise ServiceError(503, f"model {task!r} failed to load: {rt.error}", "not_ready")
+            raise ServiceError(503, f"model {task!r} failed to load: {redact_paths(rt.error or '')}", "not_ready")
         self._options(rt, options)
         store = self.job_store()
-        job_id = store.new_id()
-        input_dir = store.input_dir(job_id)
-        input_dir.mkdir(parents=True, mode=0o700)
-        try:
-            await store_uploads(files, input_dir, self.settings)
-        except BaseException:
-            remove_tree(store.job_dir(job_id))
-            raise
-        record = store.create(job_id, task, options={"task_options": options, "explain": explain})
+        assert self.intake is not None
         assert self.worker is not None
+        intake = self.intake
+        await intake.check_disk(sum(f.size or 0 for f in files))
+        with intake.reserve():
+            job_id = store.new_id()
+            input_dir = store.input_dir(job_id)
+            try:
+                input_dir.mkdir(parents=True, mode=0o700)
+                await store_uploads(files, input_dir, self.settings)
+                await intake.check_disk()
+                try:
+                    stored = [str(p) for p in stored_uploads(input_dir)]
+                    count = len((await run_in_threadpool(rt.task.collect_inputs, stored)).items)
+                except Exception as exc:  # an unusable upload is the job's failure to report, with its reason
+                    logger.info("inputs of a job upload not counted: %s", type(exc).__name__)
+                    count = 0
+                intake.check_items(count)
+                record = await retrying(
+                    store.create, job_id, task, options={"task_options": options, "explain": explain}
+                )
+            except STORE_ERRORS as exc:
+                remove_tree(store.job_dir(job_id))
+                logger.error("job upload could not be stored: %s", type(exc).__name__)
+                raise ServiceError(
+                    503,
+                    "the server could not store the upload; retry later",
+                    "unavailable",
+                    {"Retry-After": str(self.settings.jobs_retry_after_s)},
+                ) from exc
+            except BaseException:
+                remove_tree(store.job_dir(job_id))
+                raise
         self.worker.submit(job_id)
         return record
 
     async def _run_job(self, rec: JobRecord) -> None:
+        """Run one queued job and record its outcome (the worker's ``run_job``).
+
+        A failure the client should read raises :class:`~app.jobs.JobFailed` (the worker records it and removes
+        the upload); every store write is retried (:func:`~app.jobs.retrying`) and an error that outlasts the
+        retries propagates, so that the worker fails the job. A job over ``max_job_items`` (queued before the
+        limit was lowered) fails here.
+        """
         store = self.job_store()
         rt = self.runtimes.get(rec.task)
         if rt is None:
-            store.finish(rec.id, "failed", error=f"task {rec.task!r} is not served")
-            return
+            raise JobFailed(f"task {rec.task!r} is not served")
         await rt.wait_loaded()
         if not rt.ready:
-            store.finish(rec.id, "failed", error=f"model {rec.task!r} failed to load: {rt.error}")
-            return
-        store.start(rec.id)
+            raise JobFailed(f"model {rec.task!r} failed to load: {redact_paths(rt.error or '')}")
+        await retrying(store.start, rec.id)
         input_dir, out_dir = store.input_dir(rec.id), store.output_dir(rec.id)
         out_dir.mkdir(parents=True, exist_ok=True)
         try:
-            paths = sorted(input_dir.iterdir())
+            paths = stored_uploads(input_dir)
             # jobs queued by medinfer 0.1 kept their options as "overrides"
             stored = rec.options.get("task_options") or rec.options.get("overrides") or {}
             task_options = self._options(rt, dict(stored))
             items, outcomes = await self._collect(rt, paths, input_dir, bool(rec.options.get("explain")), task_options)
         except ServiceError as exc:
-            store.finish(rec.id, "failed", error=exc.message)
-            remove_tree(input_dir)
-            return
+            raise JobFailed(exc.message) from exc
+        if len(items) > self.settings.max_job_items:
+            raise JobFailed(f"{len(items)} inputs in one job; the limit is {self.settings.max_job_items}")
         for i, item in enumerate(items):
             outcomes.append(await rt.predict_item(item, out_dir, input_dir, wait_for_slot=True))
-            store.update(rec.id, progress=(i + 1) / len(items))
-        Report(task=rec.task, checkpoint=rt.version, results=[o.result for o in outcomes]).write(out_dir)
+            await retrying(store.update, rec.id, progress=(i + 1) / len(items))
+        report = Report(task=rec.task, checkpoint=rt.version, results=[o.result for o in outcomes])
+        await run_in_threadpool(report.write, out_dir)
         results = self._results(outcomes, out_dir, rec.id)
         ok = sum(o.failure is None for o in outcomes)
         result = {"results": results}
         if ok == 0:
             errors = "; ".join(o.result.error or "" for o in outcomes)
-            store.update(rec.id, checkpoint_version=rt.version)
-            store.finish(rec.id, "failed", error=f"every input failed: {errors}", result=result)
+            await retrying(
+                store.finish,
+                rec.id,
+                "failed",
+                error=redact_paths(f"every input failed: {errors}"),
+                result=result,
+                checkpoint_version=rt.version,
+            )
         else:
-            store.update(rec.id, checkpoint_version=rt.version)
-            store.finish(rec.id, "succeeded", result=result)
+            await retrying(store.finish, rec.id, "succeeded", result=result, checkpoint_version=rt.version)
         remove_tree(input_dir)
 
 

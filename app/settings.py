@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -12,6 +16,25 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pipelines.common.paths import checkpoints_dir
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "ip6-localhost"})
+ENV_PREFIX = "MEDINFER_"
+#: ``MEDINFER_*`` variables read outside :class:`Settings` (tests and tools); any other unknown one is refused
+OTHER_VARIABLES = frozenset({"MEDINFER_TEST_DELAY_S", "MEDINFER_WRITE_GOLDEN"})
+#: shortest accepted API key (``openssl rand -hex 24`` gives 48 characters)
+MIN_KEY_LENGTH = 16
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a host name or address is loopback-only: a loopback name, ``127.0.0.0/8``, ``::1`` (or mapped)."""
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if name in LOOPBACK_HOSTS:
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 def _default_data_dir() -> Path:
@@ -24,7 +47,11 @@ class Settings(BaseSettings):
     Every field reads ``MEDINFER_<FIELD>`` (``MEDINFER_API_KEYS``, ``MEDINFER_DATA_DIR``...).
     """
 
-    model_config = SettingsConfigDict(env_prefix="MEDINFER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    def __init__(self, **values: Any) -> None:
+        check_environment(os.environ)
+        super().__init__(**values)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -39,13 +66,41 @@ class Settings(BaseSettings):
 
     max_batch_size: int = Field(default=8, ge=1, description="Most requests per forward pass (capped by the model).")
     max_batch_delay_ms: float = Field(default=10.0, ge=0, description="How long the first request of a batch waits.")
-    max_queue: int = Field(default=64, ge=1, description="Requests waiting per model before 503.")
+    max_queue: int = Field(
+        default=64,
+        ge=1,
+        description="Inputs of outstanding work per model (uploads being received or unpacked, inputs being "
+        "decoded, queued, run or finished) before a request is answered 503.",
+    )
+    max_queue_mb: float = Field(
+        default=2048.0,
+        gt=0,
+        description="Megabytes of outstanding work per model (declared upload sizes, then input files, then decoded "
+        "tensors) before 503; waived when nothing else is outstanding.",
+    )
+    decode_workers: int = Field(
+        default=2, ge=1, description="Threads that unpack, decode and finish inputs, shared by every model."
+    )
+    request_timeout_s: float = Field(
+        default=300.0, gt=0, description="Seconds a synchronous prediction may take in all before it is answered 504."
+    )
+    item_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds one input may take from the start of its decoding to the end of its finishing; beyond, "
+        "it gets a 'timed out' error (its thread keeps its slot until it returns).",
+    )
     task_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description='Default task options per task, as JSON (MEDINFER_TASK_OPTIONS=\'{"TASK": {"KEY": VALUE}}\'); '
         "each task's options model validates them and a request's `options` field overrides them.",
     )
     retry_after_s: int = Field(default=1, ge=1, description="Retry-After seconds on an overloaded 503.")
+    retry_after_max_s: int = Field(
+        default=120,
+        ge=1,
+        description="Longest Retry-After of an overloaded 503 (it grows with the outstanding work from retry_after_s).",
+    )
 
     api_keys: str = Field(default="", description="Comma-separated API keys; when set, /api/v1 requires a Bearer key.")
     api_keys_file: Path | None = Field(default=None, description="File with one API key per line.")
@@ -60,6 +115,18 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(default=2, ge=1, description="Starts per job before a restart fails it.")
     result_ttl_s: float = Field(default=24 * 3600.0, gt=0, description="Seconds finished results are kept.")
     cleanup_interval_s: float = Field(default=60.0, gt=0, description="Seconds between expiry sweeps.")
+    max_queued_jobs: int = Field(
+        default=100, ge=1, description="Most jobs queued or running; beyond, a submission is answered 503."
+    )
+    max_job_items: int = Field(default=1000, ge=1, description="Most inputs in one job; beyond, 413.")
+    max_jobs_disk_mb: float = Field(
+        default=20480.0,
+        gt=0,
+        description="Most megabytes of job uploads and results under the data folder; beyond, a submission is 503.",
+    )
+    jobs_retry_after_s: int = Field(
+        default=30, ge=1, description="Retry-After seconds when a job is refused for a full queue or disk."
+    )
     warmup: bool = Field(default=True, description="Run a warm-up input before a model reports ready.")
 
     @field_validator("tasks", "api_keys", mode="before")
@@ -75,18 +142,33 @@ class Settings(BaseSettings):
         return [t.strip() for t in self.tasks.split(",") if t.strip()]
 
     def keys(self) -> frozenset[str]:
-        """The accepted API keys from ``api_keys`` and ``api_keys_file``.
+        """The accepted API keys from ``api_keys`` and ``api_keys_file`` (blank and ``#`` lines of the file skipped).
 
         Raises:
-            ValueError: if the key file cannot be read.
+            ValueError: if the key file cannot be read or is not text, or a key is shorter than ``MIN_KEY_LENGTH``
+                (the message gives its place and length, never the key).
         """
-        keys = {k.strip() for k in self.api_keys.split(",") if k.strip()}
+        short = f"keys must be at least {MIN_KEY_LENGTH} characters (e.g. `openssl rand -hex 24`)"
+        keys: set[str] = set()
+        for i, key in enumerate((k.strip() for k in self.api_keys.split(",") if k.strip()), 1):
+            if len(key) < MIN_KEY_LENGTH:  # never echo the key itself
+                raise ValueError(f"API key {i} of MEDINFER_API_KEYS has {len(key)} characters; {short}")
+            keys.add(key)
         if self.api_keys_file is not None:
             try:
-                text = self.api_keys_file.expanduser().read_text()
-            except OSError as exc:
-                raise ValueError(f"{self.api_keys_file}: API key file cannot be read ({exc.strerror})") from exc
-            keys |= {line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")}
+                text = self.api_keys_file.expanduser().read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise ValueError(f"{self.api_keys_file}: API key file cannot be read ({reason})") from exc
+            for number, line in enumerate(text.splitlines(), 1):
+                key = line.strip()
+                if not key or key.startswith("#"):  # blank lines and comments, however indented
+                    continue
+                if len(key) < MIN_KEY_LENGTH:
+                    raise ValueError(
+                        f"{self.api_keys_file}: the API key on line {number} has {len(key)} characters; {short}"
+                    )
+                keys.add(key)
         return frozenset(keys)
 
     def check_bind(self, host: str | None = None) -> None:
@@ -96,11 +178,36 @@ class Settings(BaseSettings):
             ValueError: when the bind would expose an unauthenticated service.
         """
         target = host or self.host
-        if target not in LOOPBACK_HOSTS and not self.keys() and not self.insecure:
+        if not is_loopback(target) and not self.keys() and not self.insecure:
             raise ValueError(
                 f"refusing to listen on {target} without API keys: set MEDINFER_API_KEYS (or "
                 "MEDINFER_API_KEYS_FILE), bind 127.0.0.1, or pass --insecure"
             )
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse ``MEDINFER_*`` variables that nothing reads (a typo, say a singular ``API_KEY``, would leave keys unset).
+
+    Args:
+        environ: the environment (``os.environ``); names compare case-insensitively, as pydantic-settings reads them.
+
+    Raises:
+        ValueError: naming each unknown variable and the nearest known name.
+    """
+    known = sorted({ENV_PREFIX + name.upper() for name in Settings.model_fields} | OTHER_VARIABLES)
+    problems, unmatched = [], False
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        # compare what follows the prefix: the shared prefix alone would make every name look close
+        suffixes = {k.removeprefix(ENV_PREFIX): k for k in known}
+        close = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), list(suffixes), n=1, cutoff=0.6)
+        problems.append(f"{name} (did you mean {suffixes[close[0]]}?)" if close else name)
+        unmatched |= not close
+    if problems:
+        listing = f"; the known ones are {', '.join(known)}" if unmatched else ""
+        raise ValueError(f"unknown environment variable(s): {', '.join(problems)}{listing}")
 
 
 @lru_cache(maxsize=1)

@@ -228,7 +228,9 @@ def test_a_corrupted_input_gives_a_clear_error(setup: Setup, client: TestClient,
     r = client.post(f"/api/v1/models/{setup.task.name}/predict", files=upload(bad))
     assert r.status_code == 400, r.text
     message = r.json()["error"]["message"]
-    assert stem in message or victim.parent.name in message, message
+    # the service names an input by its upload (files[i]), never by the client's file or folder names
+    assert "files[" in message, message
+    assert victim.parent.name not in message, message
     assert str(tmp_path) not in message  # no server paths
     assert client.get("/readyz").status_code == 200
 

@@ -6,7 +6,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.schemas import Health, ModelState, Readiness
+from app.jobs import redact_paths
+from app.schemas import Health, JobsState, ModelState, Readiness
 from app.service import ServiceDep
 
 router = APIRouter(tags=["health"])
@@ -22,15 +23,26 @@ async def healthz() -> Health:
     "/readyz",
     response_model=Readiness,
     summary="Readiness",
-    responses={503: {"model": Readiness, "description": "Some model is not loaded and warmed yet (or failed)."}},
+    responses={
+        503: {
+            "model": Readiness,
+            "description": "Some model is not loaded and warmed yet (or failed), or the job worker is not running.",
+        }
+    },
 )
 async def readyz(service: ServiceDep) -> JSONResponse:
-    """200 once every enabled model is loaded and has run a warm-up input; else 503 with each model's state."""
+    """200 once every enabled model is loaded and has run a warm-up input and the job worker runs; else 503.
+
+    The body gives each model's state (and a failed one's reason, without server paths) and the worker's.
+    """
+    worker = service.worker
     body = Readiness(
         ready=service.ready,
         models={
-            name: ModelState(state=rt.state, device=rt.device, error=rt.error) for name, rt in service.runtimes.items()
+            name: ModelState(state=rt.state, device=rt.device, error=redact_paths(rt.error) if rt.error else None)
+            for name, rt in service.runtimes.items()
         },
+        jobs=JobsState(state="running" if worker is not None and worker.running else "stopped"),
     )
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 

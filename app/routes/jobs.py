@@ -2,19 +2,56 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from fastapi.responses import FileResponse
+from fastapi.routing import APIRoute
 
 from app.errors import ServiceError
 from app.jobs import JobRecord
-from app.routes.predict import RESPONSES, OptionsField, require_multipart, task_options
+from app.routes.predict import OptionsField, require_multipart, task_options
 from app.schemas import Job, JobLinks, JobResult, error_responses
-from app.service import API_PREFIX, Service, ServiceDep
+from app.security import require_api_key
+from app.service import API_PREFIX, Service, ServiceDep, get_service
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+def declared_length(request: Request) -> int:
+    """The body size a request announces (``Content-Length``; 0 when absent or malformed)."""
+    try:
+        return max(0, int(request.headers.get("content-length", "0")))
+    except ValueError:
+        return 0
+
+
+class JobIntakeRoute(APIRoute):
+    """A jobs route; a submission is refused before its body is read when the queue or the job storage is full.
+
+    FastAPI reads a multipart body before it runs any dependency, so the check sits in front of the handler:
+    a client is told 503 at once rather than after sending up to ``max_upload_mb`` (the storage check counts
+    the announced ``Content-Length``). The API key is checked first, so an anonymous client learns nothing
+    about the queue. ``Service.submit_job`` checks again once the body is in.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if "POST" not in (self.methods or ()):
+            return handler
+
+        async def guarded(request: Request) -> Response:
+            require_api_key(request)
+            intake = get_service(request).intake
+            if intake is not None:
+                intake.check_queue()
+                await intake.check_disk(declared_length(request))
+            return await handler(request)
+
+        return guarded
+
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=JobIntakeRoute)
 
 JOB_FIELDS = frozenset({"task", "files", "explain", "options"})
 
@@ -44,16 +81,25 @@ def _record(service: Service, job_id: str) -> JobRecord:
     return rec
 
 
-@router.post("", response_model=Job, status_code=202, summary="Submit a job", responses=RESPONSES)
+SUBMIT_RESPONSES = error_responses(400, 401, 404, 413, 415, 422, 503)
+
+
+@router.post("", response_model=Job, status_code=202, summary="Submit a job", responses=SUBMIT_RESPONSES)
 async def submit(
     request: Request,
     service: ServiceDep,
-    task: Annotated[str, Form(max_length=64, description="Task name.")],
-    files: Annotated[list[UploadFile], File(description="The task's files (as for predict); zips extracted.")],
+    task: Annotated[str, Form(min_length=1, max_length=64, description="Task name.")],
+    files: Annotated[
+        list[UploadFile], File(min_length=1, description="The task's files (as for predict); zips extracted.")
+    ],
     explain: Annotated[bool, Form(description="Also explain.")] = False,
     options: OptionsField = None,
 ) -> Job:
-    """Queue a prediction; poll ``links.self`` and fetch ``links.result`` when it has succeeded."""
+    """Queue a prediction; poll ``links.self`` and fetch ``links.result`` when it has succeeded.
+
+    Refused with 503 and ``Retry-After`` when ``max_queued_jobs`` jobs are queued or running or the job storage
+    would pass ``max_jobs_disk_mb``, and with 413 for more than ``max_job_items`` inputs.
+    """
     require_multipart(request)
     request.scope.setdefault("state", {})["task"] = task
     values = await task_options(request, options, JOB_FIELDS)

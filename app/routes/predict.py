@@ -1,28 +1,79 @@
-"""``/api/v1/models/{task}/predict`` and ``/explain``: synchronous, dynamically batched prediction."""
+"""``/api/v1/models/{task}/predict`` and ``/explain``: synchronous, dynamically batched prediction.
+
+Both routes admit a request before its body is read (:class:`AdmittedRoute`): a model whose outstanding work is
+at its bound answers 503 with ``Retry-After`` before a byte of the upload is parsed, unpacked or decoded.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi.routing import APIRoute
 
+from app.batching import Claim
 from app.errors import ServiceError
 from app.schemas import PredictResponse, error_responses
-from app.service import ServiceDep
+from app.security import require_api_key
+from app.service import ServiceDep, get_service
 
-router = APIRouter(prefix="/models", tags=["predict"])
+
+def _declared_length(request: Request) -> int:
+    try:
+        return max(0, int(request.headers.get("content-length", "0")))
+    except ValueError:
+        return 0
+
+
+class AdmittedRoute(APIRoute):
+    """A prediction route that admits its request before FastAPI reads the body, and bounds its time.
+
+    In order, on the raw request: the API key (401), the model (404, or 503 when not ready) and room in its
+    outstanding work for one more request of the declared ``Content-Length`` (503 with a ``Retry-After`` that
+    grows with the work ahead: :class:`~app.batching.WorkLedger`). The claim is handed to the endpoint as
+    ``request.state.admission`` and let go of when the request ends (its threads hold it until they return).
+    The whole request, body included, gets ``request_timeout_s``, else 504.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def admitted(request: Request) -> Response:
+            require_api_key(request)
+            service = get_service(request)
+            claim = service.runtime(str(request.path_params.get("task", ""))).admit(_declared_length(request))
+            request.state.admission = claim
+            limit = service.settings.request_timeout_s
+            deadline = asyncio.timeout(limit)
+            try:
+                async with deadline:
+                    return await handler(request)
+            except TimeoutError as exc:
+                if not deadline.expired():
+                    raise
+                raise ServiceError(
+                    504, f"the request took longer than {limit:g} s; submit a job for slow inputs", "timeout"
+                ) from exc
+            finally:
+                claim.let_go()
+
+        return admitted
+
+
+router = APIRouter(prefix="/models", tags=["predict"], route_class=AdmittedRoute)
 
 T = TypeVar("T")
 
 FilesField = Annotated[
     list[UploadFile],
     File(
+        min_length=1,
         description="The task's files: a case as a zip or as its separate files, a DICOM series as a zip, "
-        "a signal record (e.g. .hea + .dat) or an image. Zips are extracted safely."
+        "a signal record (e.g. .hea + .dat) or an image. Zips are extracted safely.",
     ),
 ]
 OptionsField = Annotated[
@@ -34,7 +85,7 @@ OptionsField = Annotated[
     ),
 ]
 
-RESPONSES = error_responses(400, 401, 404, 413, 415, 422, 503)
+PREDICT_RESPONSES = error_responses(400, 401, 404, 413, 415, 422, 503, 504)
 
 
 def require_multipart(request: Request) -> None:
@@ -45,7 +96,9 @@ def require_multipart(request: Request) -> None:
 
 
 async def until_disconnect(request: Request, work: Awaitable[T], poll_s: float = 0.2) -> T:
-    """Await ``work`` but cancel it when the client goes away, so its queue slot is freed.
+    """Await ``work`` but cancel it when the client goes away, so that its inputs leave the queue.
+
+    Threads already decoding for it run to their end, holding the request's claims until they return.
 
     Raises:
         ServiceError: 499-style cancellation is reported as 400 (nobody reads it).
@@ -95,11 +148,17 @@ async def task_options(request: Request, raw: str | None, allowed: frozenset[str
 PREDICT_FIELDS = frozenset({"files", "options"})
 
 
+def _admission(request: Request) -> Claim | None:
+    """The claim :class:`AdmittedRoute` made for this request."""
+    claim = getattr(request.state, "admission", None)
+    return claim if isinstance(claim, Claim) else None
+
+
 @router.post(
     "/{task}/predict",
     response_model=PredictResponse,
     summary="Predict on uploaded files",
-    responses=RESPONSES,
+    responses=PREDICT_RESPONSES,
 )
 async def predict(
     task: str,
@@ -111,14 +170,15 @@ async def predict(
     """Predict on one upload; results as the CLI writes them, each input's files (masks) as links."""
     require_multipart(request)
     values = await task_options(request, options, PREDICT_FIELDS)
-    return await until_disconnect(request, service.predict(task, files, values, explain=False))
+    admission = _admission(request)
+    return await until_disconnect(request, service.predict(task, files, values, explain=False, admission=admission))
 
 
 @router.post(
     "/{task}/explain",
     response_model=PredictResponse,
     summary="Predict and explain",
-    responses=RESPONSES,
+    responses=PREDICT_RESPONSES,
 )
 async def explain(
     task: str,
@@ -130,4 +190,5 @@ async def explain(
     """Predict with the task's explanation (prototypes, Grad-CAM, probability maps) among the outputs."""
     require_multipart(request)
     values = await task_options(request, options, PREDICT_FIELDS)
-    return await until_disconnect(request, service.predict(task, files, values, explain=True))
+    admission = _admission(request)
+    return await until_disconnect(request, service.predict(task, files, values, explain=True, admission=admission))

@@ -259,3 +259,20 @@ def unregister() -> None:
 
     model_registry._REGISTRY.pop(MODEL, None)
     task_registry._TASKS.pop(TASK, None)
+
+
+JOBS = "/api/v1/jobs"
+
+
+def wait_job(
+    client: TestClient, job_id: str, states: tuple[str, ...] = ("succeeded", "failed"), timeout: float = 30
+) -> Any:
+    """Poll a job until it reaches one of ``states``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = client.get(f"{JOBS}/{job_id}").json()
+        if body["state"] in states:
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job stuck: {body}")
+        time.sleep(0.02)

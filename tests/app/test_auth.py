@@ -29,13 +29,13 @@ def keyed(checkpoints_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     """One keyed app for the whole matrix (keys from the variable and from a file)."""
     tmp = tmp_path_factory.mktemp("keyed")
     keyfile = tmp / "keys.txt"
-    keyfile.write_text("# one key per line\nfile-key\n")
+    keyfile.write_text("# one key per line\n  # an indented comment\nfile-key-0123456789\n")
     settings = Settings(
         checkpoints=checkpoints_dir,
         data_dir=tmp / "data",
         tasks="addone",
         device="cpu",
-        api_keys="env-key,other",
+        api_keys="env-key-0123456789,other-key-0123456789",
         api_keys_file=keyfile,
     )
     client = started_client(settings)
@@ -48,10 +48,10 @@ def keyed(checkpoints_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     [
         ({}, 401),
         ({"Authorization": "Bearer wrong"}, 401),
-        ({"Authorization": "Basic env-key"}, 401),
+        ({"Authorization": "Basic env-key-0123456789"}, 401),
         ({"Authorization": "Bearer "}, 401),
-        ({"Authorization": "Bearer env-key"}, None),
-        ({"Authorization": "Bearer file-key"}, None),
+        ({"Authorization": "Bearer env-key-0123456789"}, None),
+        ({"Authorization": "Bearer file-key-0123456789"}, None),
     ],
 )
 @pytest.mark.parametrize(("method", "path", "kwargs"), SECURED)
@@ -86,7 +86,7 @@ def test_no_keys_means_open(client: TestClient) -> None:
         ("::1", "", False, False),
         ("0.0.0.0", "", False, True),
         ("192.168.1.5", "", False, True),
-        ("0.0.0.0", "k", False, False),
+        ("0.0.0.0", "k" * 16, False, False),
         ("0.0.0.0", "", True, False),
     ],
 )
@@ -105,5 +105,6 @@ def test_unreadable_key_file_is_an_error(tmp_path: Path) -> None:
 
 
 def test_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MEDINFER_API_KEYS", "a, b ,,c")
-    assert Settings().keys() == {"a", "b", "c"}
+    a, b, c = ("a" * 16, "b" * 16, "c" * 16)
+    monkeypatch.setenv("MEDINFER_API_KEYS", f"{a}, {b} ,,{c}")
+    assert Settings().keys() == {a, b, c}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import stat
 import struct
 import zipfile
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from medinfer_testlib import zip_bytes
 from serve_testkit import npy_bytes
 
 RNG = np.random.default_rng(0)
@@ -33,18 +33,6 @@ class Bad:
     says: tuple[str, ...] = ()
     data: dict[str, str] = field(default_factory=dict)
     raw: tuple[bytes, str] | None = None  # (body, content type) instead of files
-
-
-def zip_of(members: dict[str, bytes], *, link: str | None = None, compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-        if link:
-            info = zipfile.ZipInfo(link)
-            info.external_attr = (stat.S_IFLNK | 0o777) << 16
-            zf.writestr(info, "/etc/passwd")
-    return buf.getvalue()
 
 
 def options(**values: Any) -> dict[str, str]:
@@ -81,9 +69,9 @@ def lying_bomb() -> bytes:
 
 
 GENERIC: list[Bad] = [
-    Bad("empty-file", one("a.npy", b""), 400, ("a.npy", "empty")),
-    Bad("random-bytes-npy", one("a.npy", NOISE), 400, ("a.npy",)),
-    Bad("npy-with-nan", one("nan.npy", npy_bytes([1.0, float("nan")])), 400, ("nan.npy", "finite")),
+    Bad("empty-file", one("a.npy", b""), 400, ("files[0]", "empty")),
+    Bad("random-bytes-npy", one("a.npy", NOISE), 400, ("files[0]",)),
+    Bad("npy-with-nan", one("nan.npy", npy_bytes([1.0, float("nan")])), 400, ("files[0]", "finite")),
     Bad(
         "pickled-npy",
         one(
@@ -94,19 +82,19 @@ GENERIC: list[Bad] = [
             + NOISE[:64],
         ),
         400,
-        ("obj.npy",),
+        ("files[0]",),
     ),
-    Bad("unsupported-extension", one("virus.exe", NOISE), 400, ("virus.exe", "unsupported format")),
-    Bad("traversal-filename", one("../../etc/passwd.npy", NOISE), 400, ("passwd.npy",)),
-    Bad("zip-dotdot-member", one("x.zip", zip_of({"../../evil.npy": npy_bytes([1])})), 400, ("unsafe path",)),
-    Bad("zip-absolute-member", one("x.zip", zip_of({"/etc/evil.npy": npy_bytes([1])})), 400, ("unsafe path",)),
-    Bad("zip-symlink-member", one("x.zip", zip_of({"a.npy": npy_bytes([1])}, link="link.npy")), 400, ("link",)),
-    Bad("zip-bomb", one("bomb.zip", bomb()), 413, ("bomb.zip", "limit")),
-    Bad("zip-bomb-lying-sizes", one("liar.zip", lying_bomb()), 400, ("liar.zip", "cannot be read")),
-    Bad("zip-too-many-members", one("many.zip", zip_of({f"m{i}.npy": b"" for i in range(60)})), 413, ("members",)),
-    Bad("zip-corrupt", one("c.zip", b"PK\x03\x04" + NOISE), 400, ("c.zip", "zip")),
-    Bad("zip-empty", one("e.zip", zip_of({})), 400, ("e.zip",)),
-    Bad("zip-nothing-usable", one("docs.zip", zip_of({"readme.txt": b"hi", "x/notes.md": b"#"})), 415, ("no usable",)),
+    Bad("unsupported-extension", one("virus.exe", NOISE), 400, ("files[0]", "unsupported format")),
+    Bad("traversal-filename", one("../../etc/passwd.npy", NOISE), 400, ("files[0]",)),
+    Bad("zip-dotdot-member", one("x.zip", zip_bytes({"../../evil.npy": npy_bytes([1])})), 400, ("unsafe path",)),
+    Bad("zip-absolute-member", one("x.zip", zip_bytes({"/etc/evil.npy": npy_bytes([1])})), 400, ("unsafe path",)),
+    Bad("zip-symlink-member", one("x.zip", zip_bytes({"a.npy": npy_bytes([1])}, link="link.npy")), 400, ("link",)),
+    Bad("zip-bomb", one("bomb.zip", bomb()), 413, ("files[0]", "limit")),
+    Bad("zip-bomb-lying-sizes", one("liar.zip", lying_bomb()), 400, ("files[0]", "cannot be read")),
+    Bad("zip-too-many-members", one("many.zip", zip_bytes({f"m{i}.npy": b"" for i in range(60)})), 413, ("members",)),
+    Bad("zip-corrupt", one("c.zip", b"PK\x03\x04" + NOISE), 400, ("files[0]", "zip")),
+    Bad("zip-empty", one("e.zip", zip_bytes({})), 400, ("files[0]",)),
+    Bad("zip-nothing-usable", one("docs.zip", zip_bytes({"readme.txt": b"hi", "x/md": b"#"})), 415, ("no usable",)),
     Bad("too-large-body", one("big.npy", b"\0" * (3 << 20)), 413, ("upload limit",)),
     Bad("not-multipart", None, 415, ("multipart",), raw=(b'{"x": [1, 2]}', "application/json")),
     Bad("no-content-type", None, 415, ("multipart",), raw=(NOISE, "")),
@@ -117,7 +105,7 @@ GENERIC: list[Bad] = [
     Bad("options-not-json", one("s.csv", b"1,2\n"), 422, ("options", "JSON"), data={"options": "{rate: 5"}),
     Bad("options-not-object", one("s.csv", b"1,2\n"), 422, ("options", "object"), data={"options": "[100]"}),
     Bad("option-as-form-field", one("s.csv", b"1,2\n"), 422, ("sampling_rate", "options"), {"sampling_rate": "9"}),
-    Bad("csv-without-rate", one("s.csv", b"1,2\n"), 400, ("s.csv", "sampling_rate")),
+    Bad("csv-without-rate", one("s.csv", b"1,2\n"), 400, ("files[0]", "sampling_rate")),
 ]
 
 
@@ -205,24 +193,24 @@ def dicom_no_pixels() -> bytes:
             buf = io.BytesIO()
             pydicom.dcmwrite(buf, ds, enforce_file_format=True)
             members[f"study/{role}/IM{z}.dcm"] = buf.getvalue()
-    return zip_of(members)
+    return zip_bytes(members)
 
 
 BRATS: list[Bad] = [
     Bad("brats-empty-files", lambda: brats_case(lambda r: b""), 400, ("empty",)),
-    Bad("brats-random-bytes-nifti", lambda: brats_case(lambda r: NOISE), 400, ("case_",)),
-    Bad("brats-truncated-gzip", lambda: brats_case(lambda r: nifti_bytes()[:60]), 400, ("case_",)),
-    Bad("brats-huge-header", lambda: brats_case(lambda r: nifti_bytes(huge=True)), 400, ("case_",)),
-    Bad("brats-2d-nifti", lambda: brats_case(lambda r: nifti_bytes((8, 8))), 400, ("case_",)),
+    Bad("brats-random-bytes-nifti", lambda: brats_case(lambda r: NOISE), 400, ("files[",)),
+    Bad("brats-truncated-gzip", lambda: brats_case(lambda r: nifti_bytes()[:60]), 400, ("files[",)),
+    Bad("brats-huge-header", lambda: brats_case(lambda r: nifti_bytes(huge=True)), 400, ("files[",)),
+    Bad("brats-2d-nifti", lambda: brats_case(lambda r: nifti_bytes((8, 8))), 400, ("files[",)),
     Bad("brats-three-modalities", lambda: brats_case(lambda r: nifti_bytes(), ("t1", "t1ce", "t2")), 400, ()),
     Bad(
         "brats-random-dicom-series",
-        one("s.zip", zip_of({f"st/{r}/IM1.dcm": NOISE for r in ("t1", "t1ce", "t2", "flair")})),
+        one("s.zip", zip_bytes({f"st/{r}/IM1.dcm": NOISE for r in ("t1", "t1ce", "t2", "flair")})),
         400,
         (),
     ),
     Bad("brats-dicom-without-pixel-data", one("nopix.zip", dicom_no_pixels()), 400, ()),
-    Bad("brats-unnamed-nifti", one("scan.nii.gz", nifti_bytes()), 400, ("scan.nii.gz",)),
+    Bad("brats-unnamed-nifti", one("scan.nii.gz", nifti_bytes()), 400, ("files[0]",)),
     Bad(
         "brats-mismatched-shapes",
         lambda: brats_case(lambda r: nifti_bytes((8, 8, 8) if r != "t2" else (9, 8, 8))),
@@ -241,9 +229,9 @@ def test_brats_bad_upload(brats_client: TestClient, bad: Bad) -> None:
     assert brats_client.get("/readyz").status_code == 200
 
 
-def csv_leads(n_leads: int, seconds: float = 10, fs: int = 100) -> bytes:
+def csv_leads(n_leads: int, seconds: float = 10, fs: int = 100, scale: float = 1.0) -> bytes:
     t = np.arange(int(seconds * fs)) / fs
-    sig = np.stack([np.sin(2 * np.pi * (1 + i / 10) * t) for i in range(n_leads)], axis=1)
+    sig = scale * np.stack([np.sin(2 * np.pi * (1 + i / 10) * t) for i in range(n_leads)], axis=1)
     out = io.StringIO()
     np.savetxt(out, sig, delimiter=",", fmt="%.4f")
     return out.getvalue().encode()
@@ -267,15 +255,25 @@ def ecg_dicom_without_waveform() -> bytes:
 
 
 ECG: list[Bad] = [
-    Bad("ecg-random-wfdb", many(("r.hea", NOISE), ("r.dat", NOISE)), 400, ("r.",)),
-    Bad("ecg-empty-csv", one("e.csv", b""), 400, ("e.csv",), data=RATE_100),
-    Bad("ecg-csv-without-rate", one("x.csv", csv_leads(12)), 400, ("x.csv", "sampling rate")),
-    Bad("ecg-three-leads", one("three.csv", csv_leads(3)), 400, ("three.csv", "12 leads"), RATE_100),
-    Bad("ecg-too-short", one("short.csv", csv_leads(12, seconds=1)), 400, ("short.csv",), RATE_100),
-    Bad("ecg-random-dicom", one("w.dcm", NOISE), 400, ("w.dcm",)),
-    Bad("ecg-dicom-without-waveform", one("nw.dcm", ecg_dicom_without_waveform()), 400, ("nw.dcm", "waveform")),
-    Bad("ecg-npy-nan", one("n.npy", npy_bytes([float("nan")] * 12000)), 400, ("n.npy",), RATE_100),
-    Bad("ecg-json-not-a-record", one("x.json", json.dumps({"a": 1}).encode()), 400, ("x.json",)),
+    Bad("ecg-random-wfdb", many(("r.hea", NOISE), ("r.dat", NOISE)), 400, ("files[",)),
+    Bad("ecg-empty-csv", one("e.csv", b""), 400, ("files[0]",), data=RATE_100),
+    Bad("ecg-csv-without-rate", one("x.csv", csv_leads(12)), 400, ("files[0]", "sampling rate")),
+    Bad("ecg-three-leads", one("three.csv", csv_leads(3)), 400, ("files[0]", "12 leads"), RATE_100),
+    Bad("ecg-too-short", one("short.csv", csv_leads(12, seconds=1)), 400, ("files[0]",), RATE_100),
+    Bad("ecg-random-dicom", one("w.dcm", NOISE), 400, ("files[0]",)),
+    Bad("ecg-dicom-without-waveform", one("nw.dcm", ecg_dicom_without_waveform()), 400, ("files[0]", "waveform")),
+    Bad("ecg-npy-nan", one("n.npy", npy_bytes([float("nan")] * 12000)), 400, ("files[0]",), RATE_100),
+    Bad("ecg-json-not-a-record", one("x.json", json.dumps({"a": 1}).encode()), 400, ("files[0]",)),
+    Bad("ecg-rate-below-range", one("x.csv", csv_leads(12)), 422, ("sampling_rate",), options(sampling_rate=10)),
+    Bad("ecg-rate-above-range", one("x.csv", csv_leads(12)), 422, ("sampling_rate",), options(sampling_rate=1e6)),
+    Bad(
+        "ecg-rate-approximate",
+        one("x.csv", csv_leads(12)),
+        422,
+        ("sampling_rate", "360.0001"),
+        options(sampling_rate=360.0001),
+    ),
+    Bad("ecg-microvolts-as-mv", one("uv.csv", csv_leads(12, scale=1000.0)), 400, ("files[0]", "µV"), RATE_100),
 ]
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import sqlite3
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,22 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from serve_testkit import npy_bytes
+from serve_testkit import JOBS, npy_bytes, wait_job
 
 from app.settings import Settings
-
-JOBS = "/api/v1/jobs"
-
-
-def wait_job(client: TestClient, job_id: str, states: tuple[str, ...] = ("succeeded", "failed"), timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while True:
-        body = client.get(f"{JOBS}/{job_id}").json()
-        if body["state"] in states:
-            return body
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job stuck: {body}")
-        time.sleep(0.02)
 
 
 def submit(client: TestClient, files: list[tuple[str, Any]], **data: Any) -> dict[str, Any]:
@@ -47,11 +33,12 @@ def test_job_lifecycle(client: TestClient) -> None:
     assert done["expires_at"] > done["finished_at"]
     result = client.get(done["links"]["result"]).json()
     values = {r["input"]: r["outputs"]["values"] for r in result["results"]}
-    assert values == {"a.npy": [2.0, 3.0], "b.npy": [6.0]}
+    assert values == {"files[0]": [2.0, 3.0], "files[1]": [6.0]}  # uploads by position, in upload order
     roles = {f["role"]: f["url"] for f in result["results"][0]["files"]}
-    assert roles["explanation"].endswith("a_explanation.json")
+    assert roles["explanation"].endswith("input-000_explanation.json")
     names = {f["name"] for f in result["files"]}
-    assert {"a_out.npy", "b_out.npy", "report.json", "report.csv", "a_explanation.json"} <= names
+    assert {"input-000_out.npy", "input-001_out.npy", "input-000_explanation.json", "report.json"} <= names
+    assert "report.csv" in names
     mask = client.get(next(f["url"] for f in result["results"][1]["files"] if f["role"] == "mask"))
     assert np.load(io.BytesIO(mask.content)).tolist() == [6.0]
     report = client.get(f"{JOBS}/{job['id']}/files/report.json").json()
@@ -64,7 +51,7 @@ def test_job_with_only_bad_inputs_fails_with_the_reason(client: TestClient) -> N
     job = submit(client, [("files", ("bad.npy", b"not numpy at all"))])
     done = wait_job(client, job["id"])
     assert done["state"] == "failed"
-    assert "bad.npy" in done["error"]
+    assert "files[0]" in done["error"]
     assert "readable array" in done["error"]
     result = client.get(f"{JOBS}/{job['id']}/result").json()
     assert result["results"][0]["status"] == "error"
@@ -74,7 +61,7 @@ def test_job_with_no_usable_input_fails(client: TestClient) -> None:
     job = submit(client, [("files", ("notes.txt", b"hello"))])
     done = wait_job(client, job["id"])
     assert done["state"] == "failed"
-    assert "notes.txt" in done["error"]
+    assert "files[0]: has an unsupported format" in done["error"]
 
 
 def test_job_errors(client: TestClient) -> None:
@@ -151,13 +138,13 @@ def test_old_results_expire(start_client: Callable[..., TestClient], settings: S
     try:
         job = submit(client, [("files", ("a.npy", npy_bytes([1])))])
         wait_job(client, job["id"])
-        assert client.get(f"{JOBS}/{job['id']}/files/a_out.npy").status_code == 200
+        assert client.get(f"{JOBS}/{job['id']}/files/input-000_out.npy").status_code == 200
         expired = wait_job(client, job["id"], states=("expired",), timeout=10)
         assert expired["state"] == "expired"
         r = client.get(f"{JOBS}/{job['id']}/result")
         assert r.status_code == 404
         assert "expired" in r.json()["error"]["message"]
-        assert client.get(f"{JOBS}/{job['id']}/files/a_out.npy").status_code == 404
+        assert client.get(f"{JOBS}/{job['id']}/files/input-000_out.npy").status_code == 404
         assert not (Path(settings.data_dir) / "jobs" / job["id"]).exists()
     finally:
         client.__exit__(None, None, None)

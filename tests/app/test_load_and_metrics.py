@@ -40,9 +40,12 @@ def test_full_queue_answers_503_with_retry_after(
 
 
 def test_client_disconnect_frees_its_slot(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A client that gives up while queued leaves the queue; the next request is admitted."""
+    """A client that gives up while queued leaves the queue; the next request is admitted.
+
+    ``max_queue`` counts all outstanding work: the running input and the queued one fill a bound of 2.
+    """
     monkeypatch.setenv("MEDINFER_TEST_DELAY_S", "0.5")
-    settings = settings.model_copy(update={"max_queue": 1, "max_batch_size": 1})
+    settings = settings.model_copy(update={"max_queue": 2, "max_batch_size": 1})
     app = create_app(settings)
 
     async def main() -> None:
@@ -65,6 +68,7 @@ def test_client_disconnect_frees_its_slot(settings: Settings, monkeypatch: pytes
                 queued.cancel()  # the client disconnects
                 await asyncio.sleep(0.05)
                 assert service.runtimes["addone"].batcher.queued == 0
+                assert service.runtimes["addone"].ledger.items == 1  # the running input only
                 late = asyncio.create_task(post(4))
                 assert (await running).status_code == 200
                 assert (await late).status_code == 200
@@ -113,8 +117,8 @@ def test_a_request_larger_than_the_queue_is_refused_whole(
     client = start_client(settings.model_copy(update={"max_queue": 1, "max_batch_size": 1}))
     files = [("files", (f"v{i}.npy", npy_bytes([i]))) for i in range(5)]
     r = client.post(PREDICT, files=files)
-    assert r.status_code == 503
-    assert "Retry-After" in r.headers
+    assert r.status_code == 413  # more inputs than the model's work bound could ever take at once
+    assert "the limit is 1 (submit a job for more)" in r.json()["error"]["message"]
     batcher = client.app.state.service.runtimes["addone"].batcher  # type: ignore[attr-defined]
     assert batcher.queued == 0  # its other inputs left the queue with it
     monkeypatch.setenv("MEDINFER_TEST_DELAY_S", "0")

@@ -21,15 +21,15 @@ def test_predict_one_vector(client: TestClient) -> None:
     assert body["task"] == "addone"
     (res,) = body["results"]
     assert res["status"] == "ok"
-    assert res["input"] == "case1.npy"  # no server path
+    assert res["input"] == "files[0]"  # the upload by position: no server path, no file name
     assert res["outputs"]["values"] == [2.0, 3.0, 4.0]
     assert [f["role"] for f in res["files"]] == ["mask"]  # no explanation without asking
     link = res["files"][0]["url"]
-    assert link == f"/api/v1/jobs/{body['id']}/files/case1_out.npy"
-    assert res["files"][0]["name"] == "case1_out.npy"
+    assert link == f"/api/v1/jobs/{body['id']}/files/input-000_out.npy"  # output names are opaque
+    assert res["files"][0]["name"] == "input-000_out.npy"
     assert res["files"][0]["size"] > 0
     names = {f["name"] for f in body["files"]}
-    assert {"case1_out.npy", "report.json", "report.csv"} <= names
+    assert {"input-000_out.npy", "report.json", "report.csv"} <= names
     got = client.get(link)
     assert got.status_code == 200
     assert np.load(io.BytesIO(got.content)).tolist() == [2.0, 3.0, 4.0]
@@ -41,7 +41,7 @@ def test_explain_adds_the_explanation(client: TestClient) -> None:
     r = client.post("/api/v1/models/addone/explain", files={"files": ("v.npy", npy_bytes([0, 0]))})
     assert r.status_code == 200, r.text
     files = {f["role"]: f["url"] for f in r.json()["results"][0]["files"]}
-    assert files["explanation"].endswith("/files/v_explanation.json")
+    assert files["explanation"].endswith("/files/input-000_explanation.json")
     assert client.get(files["explanation"]).json() == {"saliency": [1.0, 1.0]}
 
 
@@ -49,7 +49,7 @@ def test_options_field_reaches_the_task_per_request(client: TestClient) -> None:
     csv = ("sig.csv", b"1,2,3\n")
     r = client.post(PREDICT, files={"files": csv})
     assert r.status_code == 400
-    assert "sig.csv: CSV needs a sampling_rate" in r.json()["error"]["message"]
+    assert r.json()["error"]["message"] == "files[0]: CSV needs a sampling_rate"
     r = client.post(PREDICT, files={"files": csv}, data={"options": json.dumps({"sampling_rate": 250})})
     assert r.status_code == 200, r.text
     assert r.json()["results"][0]["outputs"]["sampling_rate"] == 250.0
@@ -68,25 +68,27 @@ def test_several_files_and_a_zip_in_one_request(client: TestClient) -> None:
     r = client.post(PREDICT, files=files)
     assert r.status_code == 200, r.text
     got = {res["input"]: res["outputs"]["values"] for res in r.json()["results"]}
-    assert got == {"one.npy": [2.0], "bundle/series/a.npy": [11.0], "bundle/series/b.npy": [21.0]}
+    # the k-th input found in an archive is ``files[i]#k``
+    assert got == {"files[0]": [2.0], "files[1]#0": [11.0], "files[1]#1": [21.0]}
 
 
 def test_a_bad_input_among_good_ones_gets_its_own_error(client: TestClient) -> None:
     files = [
         ("files", ("good.npy", npy_bytes([1]))),
-        ("files", ("unlucky.npy", npy_bytes([13]))),  # fails inside run, batched with its neighbours
+        ("files", ("v13.npy", npy_bytes([13]))),  # fails inside run, batched with its neighbours
         ("files", ("broken.npy", b"\x93NUMPY garbage")),  # fails in prepare
         ("files", ("good2.npy", npy_bytes([5]))),
     ]
     r = client.post(PREDICT, files=files)
     assert r.status_code == 200, r.text
     by_input = {res["input"]: res for res in r.json()["results"]}
-    assert by_input["good.npy"]["outputs"]["values"] == [2.0]
-    assert by_input["good2.npy"]["outputs"]["values"] == [6.0]
-    assert by_input["unlucky.npy"]["status"] == "error"
-    assert "unlucky input" in by_input["unlucky.npy"]["error"]
-    assert by_input["broken.npy"]["status"] == "error"
-    assert "broken.npy" in by_input["broken.npy"]["error"]
+    assert by_input["files[0]"]["outputs"]["values"] == [2.0]
+    assert by_input["files[3]"]["outputs"]["values"] == [6.0]
+    assert by_input["files[1]"]["status"] == "error"
+    assert by_input["files[1]"]["error"] == "files[1]: unlucky input"
+    assert by_input["files[2]"]["status"] == "error"
+    assert by_input["files[2]"]["error"].startswith("files[2]: ")
+    assert "broken" not in r.text
     assert "/tmp" not in r.text
     assert "upload-" not in r.text
 

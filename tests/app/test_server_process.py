@@ -40,7 +40,8 @@ class Server:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "MEDINFER_TASKS": "addone", "MEDINFER_TEST_DELAY_S": str(delay_s)}
-        env.update({"MEDINFER_MAX_QUEUE": "1", "MEDINFER_MAX_BATCH_SIZE": "1"})
+        # outstanding work counts the running input too: one running, one slot for a waiting request
+        env.update({"MEDINFER_MAX_QUEUE": "2", "MEDINFER_MAX_BATCH_SIZE": "1"})
         env.pop("MEDINFER_API_KEYS", None)
         self.log = log.open("ab")
         self.proc = subprocess.Popen(
