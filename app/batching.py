@@ -223,7 +223,10 @@ class DynamicBatcher(Generic[T, R]):
                 break
             self._wakeup.clear()
             try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a stop()'s cancellation that
+                # arrives as an item wakes it, and the loop would then run on
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
             except TimeoutError:
                 break
 

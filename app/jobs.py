@@ -565,7 +565,11 @@ class JobWorker:
         self._tasks = []
 
     async def _work(self) -> None:
+        task = asyncio.current_task()
         while True:
+            if task is not None and task.cancelling():
+                # a cancellation swallowed by a library on the way (Python 3.11's wait_for can) still ends the worker
+                raise asyncio.CancelledError
             job_id = await self.queue.get()
             try:
                 await self._run_one(job_id)

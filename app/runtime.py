@@ -358,7 +358,8 @@ class ModelRuntime:
                 deadline = (started.result() if started.done() else time.monotonic()) + limit
             if deadline is None:
                 return await fut, None
-            return await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic())), deadline
+            async with asyncio.timeout_at(_loop_time(deadline)):  # not wait_for: see _predict
+                return await fut, deadline
         finally:
             fut.cancel()  # nothing when done; a call not started yet is dropped; a running one runs on
             started.cancel()
@@ -488,9 +489,10 @@ class ModelRuntime:
         if nbytes:
             claim.resize(nbytes)  # from now on it weighs what it decoded to
         try:
-            raw, stats = await asyncio.wait_for(
-                self._batch(prepared, claim, wait_for_slot=wait_for_slot), max(0.0, deadline - time.monotonic())
-            )
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that arrives as
+            # the awaited work completes, and a cancelled job worker would then carry on
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                raw, stats = await self._batch(prepared, claim, wait_for_slot=wait_for_slot)
         except TimeoutError:
             return failed(None, "timeout")
         except QueueFullError:
@@ -524,6 +526,11 @@ class ModelRuntime:
         )
         # an "ok" result whose outputs are not finite was turned into this input's error by ItemResult
         return Outcome(result, "input" if result.status == "error" else None)
+
+
+def _loop_time(deadline: float) -> float:
+    """A ``time.monotonic()`` deadline on the running loop's clock (for ``asyncio.timeout_at``)."""
+    return asyncio.get_running_loop().time() + (deadline - time.monotonic())
 
 
 def served_options(task: Task, settings: Settings) -> TaskOptions:

@@ -443,3 +443,34 @@ def test_store_keeps_no_file_names_in_options(client: TestClient, settings: Sett
     job_id = r.json()["id"]
     wait_job(client, job_id)
     assert json.loads(row(settings, job_id)["options"]) == {"task_options": {}, "explain": True}
+
+
+def test_a_worker_stops_even_when_its_job_swallows_the_cancellation(tmp_path: Path) -> None:
+    """Python 3.11's ``asyncio.wait_for`` can swallow a cancellation that arrives as its work completes; the
+    worker must end on ``stop()`` all the same rather than wait for the next job forever."""
+    from app.jobs import JobStore, JobWorker
+
+    async def scenario() -> bool:
+        store = JobStore(tmp_path)
+        store.create("j1", "addone")
+        started = asyncio.Event()
+
+        async def swallowing(rec: Any) -> None:
+            started.set()
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                return  # what a library racing the cancellation does
+
+        worker = JobWorker(store, swallowing, workers=1, ttl_s=3600, cleanup_interval_s=3600)
+        worker.start(["j1"])
+        await started.wait()
+        try:
+            await asyncio.wait_for(worker.stop(), 5)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            store.close()
+
+    assert asyncio.run(scenario()), "the worker kept waiting for jobs after stop()"
