@@ -12,18 +12,10 @@ from fastapi.routing import APIRoute
 
 from app.errors import ServiceError
 from app.jobs import JobRecord
-from app.routes.predict import OptionsField, require_multipart, task_options
+from app.routes.predict import OptionsField, declared_length, require_multipart, task_options
 from app.schemas import Job, JobLinks, JobResult, error_responses
 from app.security import require_api_key
 from app.service import API_PREFIX, Service, ServiceDep, get_service
-
-
-def declared_length(request: Request) -> int:
-    """The body size a request announces (``Content-Length``; 0 when absent or malformed)."""
-    try:
-        return max(0, int(request.headers.get("content-length", "0")))
-    except ValueError:
-        return 0
 
 
 class JobIntakeRoute(APIRoute):

@@ -22,7 +22,8 @@ from app.security import require_api_key
 from app.service import ServiceDep, get_service
 
 
-def _declared_length(request: Request) -> int:
+def declared_length(request: Request) -> int:
+    """The body size a request announces (``Content-Length``; 0 when absent or malformed)."""
     try:
         return max(0, int(request.headers.get("content-length", "0")))
     except ValueError:
@@ -45,7 +46,7 @@ class AdmittedRoute(APIRoute):
         async def admitted(request: Request) -> Response:
             require_api_key(request)
             service = get_service(request)
-            claim = service.runtime(str(request.path_params.get("task", ""))).admit(_declared_length(request))
+            claim = service.runtime(str(request.path_params.get("task", ""))).admit(declared_length(request))
             request.state.admission = claim
             limit = service.settings.request_timeout_s
             deadline = asyncio.timeout(limit)
