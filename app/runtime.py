@@ -115,13 +115,6 @@ def _is_cuda_oom(exc: BaseException) -> bool:
     )
 
 
-def describe_item(item: InputItem, upload_dir: Path) -> str:
-    """A display name for an input without server paths."""
-    if len(item.paths) == 1:
-        return scrub(str(next(iter(item.paths.values()))), upload_dir)
-    return item.name
-
-
 def files_size(paths: Any) -> int:
     """Bytes of the files at ``paths`` (folders walked); unreadable entries count nothing."""
     total = 0
@@ -182,6 +175,7 @@ class ModelRuntime:
         self.threads = threads
         self.metrics = metrics
         self.state = "loading" if checkpoint_path else "failed"
+        # why the model is not served, path-free (server folders cut to file names): /readyz and 503s show it
         self.error: str | None = None if checkpoint_path else "no checkpoint installed"
         self.checkpoint: Checkpoint | None = None
         self.predictor: Predictor | None = None
@@ -190,7 +184,7 @@ class ModelRuntime:
         try:
             self.default_options: TaskOptions = served_options(task, settings)
         except ValueError as exc:  # checked by ``discover_models`` first; here it fails this model only
-            self.default_options, self.state, self.error = task.options_model(), "failed", str(exc)
+            self.default_options, self.state, self.error = task.options_model(), "failed", redact_paths(str(exc))
         self.pool = threads.decode_pool(settings.decode_workers)
         self.ledger = WorkLedger(
             self.name,
@@ -364,12 +358,11 @@ class ModelRuntime:
             fut.cancel()  # nothing when done; a call not started yet is dropped; a running one runs on
             started.cancel()
 
-    async def _claim_item(self, item: InputItem, *, wait_for_slot: bool) -> Claim:
+    async def _claim_item(self, item: ServedItem, *, wait_for_slot: bool) -> Claim:
         """A claim for one input not admitted with its request (a job's): wait for room, or raise."""
-        size = item.size if isinstance(item, ServedItem) else files_size(item.paths.values())
         while True:
             try:
-                return self.ledger.claim(1, size)
+                return self.ledger.claim(1, item.size)
             except QueueFullError:
                 if not wait_for_slot:
                     raise
@@ -410,16 +403,15 @@ class ModelRuntime:
                 torch.cuda.empty_cache()
 
     async def predict_item(
-        self, item: InputItem, out_dir: Path, upload_dir: Path, *, wait_for_slot: bool, claim: Claim | None = None
+        self, item: ServedItem, out_dir: Path, upload_dir: Path, *, wait_for_slot: bool, claim: Claim | None = None
     ) -> Outcome:
         """Prepare, run (batched) and finish one input; errors become this input's own outcome.
 
-        A :class:`ServedItem` is shown by its upload reference and its messages are redacted; any other item by
-        its path without server folders. The input gets ``item_timeout_s`` from the start of its decoding to the
-        end of its finishing, else a ``timeout`` outcome.
+        The input is shown by its upload reference and its messages are redacted. It gets ``item_timeout_s``
+        from the start of its decoding to the end of its finishing, else a ``timeout`` outcome.
 
         Args:
-            item: the grouped input (with its request's task options).
+            item: the grouped input (with its request's task options), as ``Service._collect`` makes it.
             out_dir: where ``finish`` writes files.
             upload_dir: the private upload folder (hidden from messages).
             wait_for_slot: on a full queue, wait and retry (jobs) instead of raising (requests).
@@ -440,19 +432,13 @@ class ModelRuntime:
             own.let_go()
 
     async def _predict(
-        self, item: InputItem, out_dir: Path, upload_dir: Path, claim: Claim, *, wait_for_slot: bool
+        self, item: ServedItem, out_dir: Path, upload_dir: Path, claim: Claim, *, wait_for_slot: bool
     ) -> Outcome:
         assert self.predictor is not None
         predictor = self.predictor
         limit = self.settings.item_timeout_s
-        if isinstance(item, ServedItem) and item.ref:
-            ref, sources = item.ref, item.sources
-            redact = item.redact or (lambda text: scrub(text, upload_dir, out_dir))
-        else:
-            ref, sources = describe_item(item, upload_dir), {}
-
-            def redact(text: str) -> str:
-                return scrub(text, upload_dir, out_dir)
+        ref, sources = item.ref or item.name, item.sources
+        redact = item.redact or (lambda text: scrub(text, upload_dir, out_dir))
 
         t0 = time.perf_counter()
 

@@ -27,11 +27,11 @@ from app.jobs import (
 from app.metrics import Metrics
 from app.runtime import DeviceThreads, ModelRuntime, Outcome, ServedItem, discover_models, files_size
 from app.settings import Settings
-from app.uploads import MANIFEST, UploadRefs, private_dir, remove_tree, store_uploads, stored_uploads
+from app.uploads import UploadRefs, private_dir, remove_tree, store_uploads, stored_uploads
 from pipelines.common.config import ConfigError, TaskOptions
 from pipelines.common.errors import InputError
 from pipelines.common.predict import ItemResult, Report
-from pipelines.common.task import InputItem, OutputFile
+from pipelines.common.task import OutputFile
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class Service:
         options: TaskOptions,
         *,
         claim: Claim | None = None,
-    ) -> tuple[list[InputItem], list[Outcome]]:
+    ) -> tuple[list[ServedItem], list[Outcome]]:
         """Group the uploaded files: the items, and an error outcome for every file that could not be used.
 
         The task groups the files in the model's decode pool (``claim``, when given, is held until it has
@@ -185,7 +185,8 @@ class Service:
 
         Args:
             rt: the model.
-            paths: the stored uploads (:func:`~app.uploads.stored_uploads`; the manifest is skipped).
+            paths: the stored uploads in upload order, as :func:`~app.uploads.store_uploads` returns them and
+                :func:`~app.uploads.stored_uploads` reads them back (never the manifest).
             upload_dir: the private folder they are stored in.
             explain: also explain every item.
             options: the request's task options.
@@ -194,13 +195,11 @@ class Service:
         Raises:
             ServiceError: 415 when nothing usable was uploaded, 400 when every file was unusable.
         """
-        order = {p: i for i, p in enumerate(stored_uploads(upload_dir))}
-        uploads = sorted((p for p in paths if p.name != MANIFEST), key=lambda p: order.get(p, len(order)))
-        return await rt.in_pool(self._group, rt, uploads, upload_dir, explain, options, claim=claim)
+        return await rt.in_pool(self._group, rt, paths, upload_dir, explain, options, claim=claim)
 
     def _group(
         self, rt: ModelRuntime, uploads: list[Path], upload_dir: Path, explain: bool, options: TaskOptions
-    ) -> tuple[list[InputItem], list[Outcome]]:
+    ) -> tuple[list[ServedItem], list[Outcome]]:
         """:meth:`_collect`'s work (a decode thread)."""
         refs = UploadRefs(uploads, upload_dir, keep=rt.task.contract.channels, folders=[self.data_dir])
         try:
@@ -215,7 +214,7 @@ class Service:
                 raise ServiceError(400, "; ".join(message for _, message in errors))
             formats = "; ".join(rt.task.contract.formats)
             raise ServiceError(415, f"no usable {rt.name} input among the uploaded files (accepted: {formats})")
-        items: list[InputItem] = []
+        items: list[ServedItem] = []
         for i, (it, ref) in enumerate(zip(collected.items, refs.item_refs(collected.items), strict=True)):
             name = f"input-{i:03d}"
             items.append(
@@ -309,8 +308,7 @@ class Service:
                 raise ServiceError(
                     413, f"{len(items)} inputs in one request; the limit is {limit} (submit a job for more)"
                 )
-            sizes = [it.size if isinstance(it, ServedItem) else 0 for it in items]
-            claims = rt.ledger.claim_each(sizes, replacing=ticket)
+            claims = rt.ledger.claim_each([it.size for it in items], replacing=ticket)
             out_dir.mkdir(parents=True)
             tasks = [
                 asyncio.ensure_future(rt.predict_item(it, out_dir, upload_dir, wait_for_slot=False, claim=c))
@@ -381,7 +379,7 @@ class Service:
         """
         rt = self.runtime(task, must_be_ready=False)
         if rt.state == "failed":
-            raise ServiceError(503, f"model {task!r} failed to load: {redact_paths(rt.error or '')}", "not_ready")
+            raise ServiceError(503, f"model {task!r} failed to load: {rt.error}", "not_ready")
         self._options(rt, options)
         store = self.job_store()
         assert self.intake is not None
@@ -434,7 +432,7 @@ class Service:
             raise JobFailed(f"task {rec.task!r} is not served")
         await rt.wait_loaded()
         if not rt.ready:
-            raise JobFailed(f"model {rec.task!r} failed to load: {redact_paths(rt.error or '')}")
+            raise JobFailed(f"model {rec.task!r} failed to load: {rt.error}")
         await retrying(store.start, rec.id)
         input_dir, out_dir = store.input_dir(rec.id), store.output_dir(rec.id)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,6 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.jobs import redact_paths
 from app.schemas import Health, JobsState, ModelState, Readiness
 from app.service import ServiceDep
 
@@ -39,8 +38,7 @@ async def readyz(service: ServiceDep) -> JSONResponse:
     body = Readiness(
         ready=service.ready,
         models={
-            name: ModelState(state=rt.state, device=rt.device, error=redact_paths(rt.error) if rt.error else None)
-            for name, rt in service.runtimes.items()
+            name: ModelState(state=rt.state, device=rt.device, error=rt.error) for name, rt in service.runtimes.items()
         },
         jobs=JobsState(state="running" if worker is not None and worker.running else "stopped"),
     )
