@@ -152,14 +152,11 @@ class Report:
                 )
 
 
-def _describe(item: InputItem) -> str:
-    if len(item.paths) == 1:
-        return str(next(iter(item.paths.values())))
-    return item.name
-
-
-def _source(item: InputItem) -> dict[str, str]:
-    return {role: str(path) for role, path in item.paths.items()}
+def _result(item: InputItem, status: str, **fields: Any) -> ItemResult:
+    """An item's result, shown by its one path (or its name), with its output name and source paths."""
+    shown = str(next(iter(item.paths.values()))) if len(item.paths) == 1 else item.name
+    source = {role: str(path) for role, path in item.paths.items()}
+    return ItemResult(shown, status, name=item.name, source=source, **fields)
 
 
 def unique_names(items: Iterable[InputItem], reserved: Iterable[str] = ()) -> list[InputItem]:
@@ -230,12 +227,7 @@ def run_predictions(
     while pending:
         chunk, pending = pending[:batch_size], pending[batch_size:]
         if stop:
-            results.extend(
-                ItemResult(
-                    _describe(it), "skipped", error="stopped after an earlier failure", name=it.name, source=_source(it)
-                )
-                for it in chunk
-            )
+            results.extend(_result(it, "skipped", error="stopped after an earlier failure") for it in chunk)
             continue
         prepared: list[tuple[Prepared, float, int]] = []
         chunk_results: dict[int, ItemResult] = {}
@@ -244,14 +236,7 @@ def run_predictions(
             try:
                 prepared.append((predictor.prepare(item), t0, idx))
             except InputError as exc:
-                chunk_results[idx] = ItemResult(
-                    _describe(item),
-                    "error",
-                    error=str(exc),
-                    seconds=time.perf_counter() - t0,
-                    name=item.name,
-                    source=_source(item),
-                )
+                chunk_results[idx] = _result(item, "error", error=str(exc), seconds=time.perf_counter() - t0)
         if prepared:
             t_run = time.perf_counter()
             try:
@@ -262,9 +247,7 @@ def run_predictions(
             run_share = (time.perf_counter() - t_run) / len(prepared)
             for (prep, t0, idx), raw in zip(prepared, raws, strict=True):
                 if run_error is not None:
-                    chunk_results[idx] = ItemResult(
-                        _describe(prep.item), "error", error=run_error, name=prep.item.name, source=_source(prep.item)
-                    )
+                    chunk_results[idx] = _result(prep.item, "error", error=run_error)
                     continue
                 try:
                     output = predictor.finish(prep, raw, out_dir)
@@ -274,16 +257,14 @@ def run_predictions(
                 # ``run`` may time itself per input (volumes); otherwise each input gets its share of the batch
                 timings = {**prep.timings, "infer": prep.timings.get("infer", run_share)}
                 elapsed = time.perf_counter() - t0
-                chunk_results[idx] = ItemResult(
-                    _describe(prep.item),
+                chunk_results[idx] = _result(
+                    prep.item,
                     status,
-                    output.data,
-                    error,
-                    elapsed,
-                    timings,
-                    output.files,
-                    name=prep.item.name,
-                    source=_source(prep.item),
+                    outputs=output.data,
+                    error=error,
+                    seconds=elapsed,
+                    timings=timings,
+                    files=output.files,
                 )
         for idx in range(len(chunk)):
             res = chunk_results[idx]

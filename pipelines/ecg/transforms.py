@@ -168,13 +168,10 @@ def rate_problem(fs: float, target: float = 100.0) -> str | None:
         return f"invalid sampling rate {fs!r} Hz"
     if not MIN_FS <= fs <= MAX_FS:
         return f"sampling rate {fs!r} Hz is outside the accepted range {MIN_FS:g}-{MAX_FS:g} Hz"
-    ratio = _exact(target) / _exact(fs)
-    if max(ratio.numerator, ratio.denominator) > MAX_RESAMPLE_FACTOR:
-        return (
-            f"sampling rate {fs!r} Hz converts to {target:g} Hz only approximately (polyphase factors "
-            f"{ratio.numerator}/{ratio.denominator}, limit {MAX_RESAMPLE_FACTOR}), which would stretch time; "
-            "give the exact rate (e.g. 360 rather than 360.0001)"
-        )
+    try:
+        resample_factors(fs, target)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
@@ -203,7 +200,9 @@ def resample_factors(fs: float, target: float) -> tuple[int, int]:
     ratio = _exact(target) / _exact(fs)
     if max(ratio.numerator, ratio.denominator) > MAX_RESAMPLE_FACTOR:
         raise ValueError(
-            f"{float(fs)!r} Hz -> {float(target)!r} Hz needs polyphase factors {ratio.numerator}/{ratio.denominator}"
+            f"sampling rate {float(fs)!r} Hz converts to {target:g} Hz only approximately (polyphase factors "
+            f"{ratio.numerator}/{ratio.denominator}, limit {MAX_RESAMPLE_FACTOR}), which would stretch time; "
+            "give the exact rate (e.g. 360 rather than 360.0001)"
         )
     return ratio.numerator, ratio.denominator
 
