@@ -14,6 +14,9 @@ What a file may become is bounded before anything is allocated [INF]:
 - a WFDB header is parsed here first: at most ``MAX_HEADER_BYTES``, ``MAX_CHANNELS`` signals, ``MAX_RECORD_SAMPLES``
   samples, a skew of at most ``MAX_SKEW_SECONDS``, known formats, signal files beside the header, and files that
   hold what the header claims;
+- a WFDB signal is decoded here with NumPy from the bytes of its window only (packed formats from the group that
+  holds the window's first sample): the values ``wfdb.rdrecord`` gives, without importing wfdb (whose header parser
+  goes through pandas and costs more than the read);
 - a DICOM waveform's channels × samples are checked against ``WaveformData`` and only the window is converted;
 - a CSV has at most ``MAX_CHANNELS`` columns, ``MAX_CSV_LINE_BYTES`` per line and ``MAX_CSV_BYTES`` read; an NPY is
   memory-mapped and sliced.
@@ -28,7 +31,6 @@ import csv
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -97,18 +99,31 @@ _UNITS = {
     "volt": 1e3,
 }
 
-#: WFDB formats read (bits per sample on disk); 8 (differences: needs the whole record before the window) and the
-#: FLAC formats 508/516/524 (no byte-exact window) are not
-_WFDB_BITS: dict[str, Fraction] = {
-    "16": Fraction(16),
-    "61": Fraction(16),
-    "80": Fraction(8),
-    "160": Fraction(16),
-    "24": Fraction(24),
-    "32": Fraction(32),
-    "212": Fraction(12),
-    "310": Fraction(32, 3),
-    "311": Fraction(32, 3),
+#: WFDB formats read, as their on-disk layout: samples per group, bytes per group, and the bytes that hold the
+#: first k samples of a group (k = 0 .. samples per group - 1). 8 (differences: needs the whole record before the
+#: window) and the FLAC formats 508/516/524 (no byte-exact window) are not read.
+_WFDB_LAYOUT: dict[str, tuple[int, int, tuple[int, ...]]] = {
+    "16": (1, 2, (0,)),
+    "61": (1, 2, (0,)),
+    "80": (1, 1, (0,)),
+    "160": (1, 2, (0,)),
+    "24": (1, 3, (0,)),
+    "32": (1, 4, (0,)),
+    "212": (2, 3, (0, 2)),  # two 12-bit samples in 3 bytes
+    "310": (3, 4, (0, 2, 4)),  # three 10-bit samples in two 16-bit words; the 2nd sample is in the 2nd word
+    "311": (3, 4, (0, 2, 3)),  # three 10-bit samples in one 32-bit word
+}
+#: the digital value that marks an invalid sample in each format (read as NaN; wfdb's ``INVALID_SAMPLE_VALUE``)
+_WFDB_INVALID: dict[str, int] = {
+    "16": -(2**15),
+    "61": -(2**15),
+    "80": -(2**7),
+    "160": -(2**15),
+    "24": -(2**23),
+    "32": -(2**31),
+    "212": -(2**11),
+    "310": -(2**9),
+    "311": -(2**9),
 }
 
 #: DICOM CID 3001 lead codes: SCP-ECG and ISO/IEEE 11073 MDC (``2:n``, or its context-free number 131072 + n)
@@ -212,15 +227,18 @@ _FMT_RE = re.compile(r"^(\d+)(?:x(\d+))?(?::(\d+))?(?:\+(\d+))?$")
 _GAIN_RE = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(?:\((-?\d+)\))?(?:/(\S*))?$")
 _FS_RE = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)(?:/\S*)?$")
 _FILE_RE = re.compile(r"^[\w][\w.-]*$")
+_INT_RE = re.compile(r"^-?\d+$")
 
 
 def parse_wfdb_header(text: str, path: str | Path) -> WfdbHeader:
-    """Parse and bound a WFDB header (``header(5)`` syntax) before wfdb reads anything.
+    """Parse and bound a WFDB header (``header(5)`` syntax) before any signal is read.
+
+    A signal without a baseline (``gain(baseline)/units``) has its ADC zero as baseline, else 0 (as wfdb reads it).
 
     Raises:
         InputError: a multi-segment record, more than ``MAX_CHANNELS`` signals, a rate outside the accepted range,
             more than ``MAX_RECORD_SAMPLES`` samples, an unknown format, a skew beyond ``MAX_SKEW_SECONDS``, a signal
-            file name with a path, or a malformed line.
+            file name with a path, a baseline beyond 32 bits, or a malformed line.
     """
     lines = [ln.strip() for ln in text.splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
@@ -270,10 +288,10 @@ def parse_wfdb_header(text: str, path: str | Path) -> WfdbHeader:
         if fm is None:
             raise InputError(path, f"{where}: invalid format field {fields[1]!r}")
         fmt = fm.group(1)
-        if fmt not in _WFDB_BITS:
+        if fmt not in _WFDB_LAYOUT:
             raise InputError(
                 path,
-                f"{where}: WFDB format {fmt} is not supported (supported: {', '.join(sorted(_WFDB_BITS, key=int))})",
+                f"{where}: WFDB format {fmt} is not supported (supported: {', '.join(sorted(_WFDB_LAYOUT, key=int))})",
             )
         spf = int(fm.group(2) or 1)
         if spf < 1 or spf * fs > MAX_FS:
@@ -291,13 +309,42 @@ def parse_wfdb_header(text: str, path: str | Path) -> WfdbHeader:
             if gm is None:
                 raise InputError(path, f"{where}: invalid gain field {fields[2]!r}")
             gain = float(gm.group(1)) or 200.0  # 0 means the default 200
-            baseline = int(gm.group(2)) if gm.group(2) is not None else 0
             units = gm.group(3) or None
+            if gm.group(2) is not None:
+                baseline = int(gm.group(2))
+            elif len(fields) > 4:  # no baseline: the ADC zero (the field after the ADC resolution), as wfdb reads it
+                if _INT_RE.match(fields[4]) is None:
+                    raise InputError(path, f"{where}: invalid ADC zero {fields[4]!r}")
+                baseline = int(fields[4])
         if not np.isfinite(gain):
             raise InputError(path, f"{where}: invalid gain {fields[2]!r}")
+        if not -(2**31) <= baseline < 2**31:
+            raise InputError(path, f"{where}: baseline {baseline} is beyond the 32-bit range of WFDB samples")
         description = fields[8].strip() if len(fields) > 8 else ""
         signals.append(WfdbSignal(name, fmt, spf, skew, int(fm.group(4) or 0), gain, baseline, units, description))
     return WfdbHeader(n_sig, fs, n_samples, tuple(signals))
+
+
+def _wfdb_files(header: WfdbHeader) -> dict[str, list[int]]:
+    """The signal files of a record, each with the indices of its signals in frame order."""
+    files: dict[str, list[int]] = {}
+    for i, sig in enumerate(header.signals):
+        files.setdefault(sig.file_name, []).append(i)
+    return files
+
+
+def _wfdb_bytes(fmt: str, samples: int) -> int:
+    """The bytes that hold the first ``samples`` samples of a signal file (after its byte offset)."""
+    per_group, group_bytes, partial = _WFDB_LAYOUT[fmt]
+    whole, rest = divmod(samples, per_group)
+    return whole * group_bytes + partial[rest]
+
+
+def _wfdb_samples_held(fmt: str, size: int) -> int:
+    """The samples that ``size`` bytes of a signal file hold whole."""
+    per_group, group_bytes, partial = _WFDB_LAYOUT[fmt]
+    whole, rest = divmod(max(size, 0), group_bytes)
+    return whole * per_group + max(k for k in range(per_group) if partial[k] <= rest)
 
 
 def _wfdb_file_samples(header: WfdbHeader, folder: Path, path: Path) -> int:
@@ -306,19 +353,17 @@ def _wfdb_file_samples(header: WfdbHeader, folder: Path, path: Path) -> int:
     Raises:
         InputError: a missing file, mixed formats in one file, or a file shorter than the header claims.
     """
-    groups: dict[str, list[WfdbSignal]] = {}
-    for sig in header.signals:
-        groups.setdefault(sig.file_name, []).append(sig)
     held: list[int] = []
-    for name, sigs in groups.items():
+    for name, indices in _wfdb_files(header).items():
+        sigs = [header.signals[i] for i in indices]
         dat = folder / name
-        if not dat.is_file() or dat.resolve().parent != folder.resolve():
+        # a plain name (the parser allows no path): only a symbolic link can lead out of the folder
+        if not dat.is_file() or (dat.is_symlink() and dat.resolve().parent != folder.resolve()):
             raise InputError(path, f"signal file {name} not found beside the header")
         if len({(s.fmt, s.byte_offset) for s in sigs}) != 1:
             raise InputError(path, f"signal file {name}: its signals declare different formats or byte offsets")
-        bits_per_frame = _WFDB_BITS[sigs[0].fmt] * sum(s.samples_per_frame for s in sigs)
-        size = dat.stat().st_size - sigs[0].byte_offset
-        frames = int(Fraction(max(size, 0) * 8) / bits_per_frame)
+        samples = _wfdb_samples_held(sigs[0].fmt, dat.stat().st_size - sigs[0].byte_offset)
+        frames = samples // sum(s.samples_per_frame for s in sigs)
         if header.n_samples is not None and frames < header.n_samples:
             raise InputError(
                 path,
@@ -329,11 +374,122 @@ def _wfdb_file_samples(header: WfdbHeader, folder: Path, path: Path) -> int:
     return header.n_samples if header.n_samples is not None else min(held)
 
 
+def _wfdb_decode(fmt: str, raw: bytes) -> np.ndarray:
+    """The samples in whole groups of a signal file's bytes, as signed integers."""
+    if fmt in ("16", "61", "32"):
+        return np.frombuffer(raw, {"16": "<i2", "61": ">i2", "32": "<i4"}[fmt])
+    if fmt == "80":  # offset binary
+        return np.frombuffer(raw, np.uint8).astype(np.int16) - 128
+    if fmt == "160":
+        return np.frombuffer(raw, "<u2").astype(np.int32) - 32768
+    b = np.frombuffer(raw, np.uint8).astype(np.int32)
+    if fmt == "24":
+        b = b.reshape(-1, 3)
+        v = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
+        return v - ((v >> 23) << 24)
+    if fmt == "212":  # sample 0: byte 0 and the low nibble of byte 1; sample 1: byte 2 and the high nibble
+        b = b.reshape(-1, 3)
+        out = np.empty((len(b), 2), np.int32)
+        out[:, 0] = b[:, 0] | ((b[:, 1] & 0x0F) << 8)
+        out[:, 1] = b[:, 2] | ((b[:, 1] >> 4) << 8)
+        bits = 12
+    else:
+        b = b.reshape(-1, 4)
+        out = np.empty((len(b), 3), np.int32)
+        if fmt == "310":  # bits 1-10 of each little-endian 16-bit word; the third from bits 11-15 of both
+            w0, w1 = b[:, 0] | (b[:, 1] << 8), b[:, 2] | (b[:, 3] << 8)
+            out[:, 0] = (w0 >> 1) & 0x3FF
+            out[:, 1] = (w1 >> 1) & 0x3FF
+            out[:, 2] = (w0 >> 11) | ((w1 >> 11) << 5)
+        else:  # 311: bits 0-9, 10-19 and 20-29 of a little-endian 32-bit word (bits 30-31 unused)
+            w = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16) | ((b[:, 3] & 0x3F) << 24)
+            out[:, 0] = w & 0x3FF
+            out[:, 1] = (w >> 10) & 0x3FF
+            out[:, 2] = (w >> 20) & 0x3FF
+        bits = 10
+    flat = out.reshape(-1)
+    return flat - ((flat >> (bits - 1)) << bits)  # two's complement
+
+
+def _wfdb_read_frames(
+    dat: Path, fmt: str, byte_offset: int, per_frame: int, first: int, stop: int, path: Path
+) -> np.ndarray:
+    """Frames ``first`` to ``stop - 1`` of one signal file as (frames, samples per frame) integers.
+
+    Only their bytes are read: from the group that holds the first sample (formats 212, 310 and 311 pack 2 or 3
+    samples in a group of bytes) to the byte that completes the last.
+
+    Raises:
+        InputError: the file ends before the last frame, or cannot be read.
+    """
+    per_group, group_bytes, _ = _WFDB_LAYOUT[fmt]
+    lo, hi = first * per_frame, stop * per_frame
+    group = lo // per_group
+    begin = group * per_group
+    need = _wfdb_bytes(fmt, hi) - group * group_bytes
+    whole = -(-(hi - begin) // per_group) * group_bytes
+    try:
+        with dat.open("rb") as fh:
+            fh.seek(byte_offset + group * group_bytes)
+            raw = fh.read(whole)
+    except OSError as exc:
+        raise InputError(path, f"signal file {dat.name} could not be read ({type(exc).__name__})") from exc
+    if len(raw) < need:
+        raise InputError(path, f"signal file {dat.name} holds fewer than {stop} samples per signal: truncated")
+    if len(raw) < whole:  # the last group is cut short after the last sample needed
+        raw += bytes(whole - len(raw))
+    return _wfdb_decode(fmt, raw)[lo - begin : hi - begin].reshape(stop - first, per_frame)
+
+
+def _wfdb_signal(
+    header: WfdbHeader, folder: Path, channels: list[int], start: int, stop: int, n: int, path: Path
+) -> np.ndarray:
+    """Physical values of the signals ``channels`` over samples ``start`` to ``stop - 1`` of a record of ``n``,
+    (channels, stop - start) float64: ``wfdb.rdrecord(base, start, stop, channels).p_signal.T``.
+
+    Only the window's bytes are read. Sample i of a signal skewed by s lies in frame i + s (its samples beyond the
+    record are invalid); a signal with k samples per frame gives their mean, truncated to an integer as wfdb does;
+    physical = (digital - baseline) / gain, and the format's invalid-sample value is NaN.
+    """
+    length = stop - start
+    row = {c: r for r, c in enumerate(channels)}
+    digital = np.empty((len(channels), length), np.int64)
+    for name, indices in _wfdb_files(header).items():
+        wanted = [i for i in indices if i in row]
+        if not wanted:
+            continue
+        sigs = [header.signals[i] for i in indices]
+        fmt = sigs[0].fmt
+        cols = [0]
+        for s in sigs:
+            cols.append(cols[-1] + s.samples_per_frame)
+        last = min(stop + max(header.signals[i].skew for i in wanted), n)
+        frames = _wfdb_read_frames(folder / name, fmt, sigs[0].byte_offset, cols[-1], start, last, path)
+        for i in wanted:
+            sig = header.signals[i]
+            col = cols[indices.index(i)]
+            block = frames[sig.skew : sig.skew + length, col : col + sig.samples_per_frame]
+            got = len(block)
+            if sig.samples_per_frame == 1:
+                digital[row[i], :got] = block[:, 0]
+            else:
+                digital[row[i], :got] = (block.sum(axis=1, dtype=np.int64) / sig.samples_per_frame).astype(np.int64)
+            digital[row[i], got:] = _WFDB_INVALID[fmt]
+    sigs = [header.signals[c] for c in channels]
+    invalid = digital == np.array([_WFDB_INVALID[s.fmt] for s in sigs], np.int64)[:, None]
+    baselines = np.array([s.baseline for s in sigs], np.int64)[:, None]
+    gains = np.array([s.gain for s in sigs], np.float64)[:, None]
+    out = (digital.astype(np.float64) - baselines) / gains
+    out[invalid] = np.nan
+    return out
+
+
 def read_wfdb(path: str | Path, signal_unit: str | None = None) -> EcgRecord:
     """A WFDB record given as ``name.hea``, ``name.dat`` or ``name`` (any accepted rate; units converted to mV).
 
-    The header is parsed and bounded here first; then only the 12 leads and the central ``MAX_READ_SECONDS`` are
-    read (``wfdb.rdrecord`` with ``channels``, ``sampfrom`` and ``sampto``).
+    The header is parsed and bounded here; then only the 12 leads of the central ``MAX_READ_SECONDS`` are decoded,
+    with NumPy, from the bytes that hold them (the values of ``wfdb.rdrecord`` with ``channels``, ``sampfrom`` and
+    ``sampto``; wfdb itself is not imported).
 
     Args:
         path: the record.
@@ -343,8 +499,6 @@ def read_wfdb(path: str | Path, signal_unit: str | None = None) -> EcgRecord:
         InputError: no header, a header beyond the bounds (see :func:`parse_wfdb_header`), missing leads, signal
             files that do not hold what the header claims, unreadable record.
     """
-    import wfdb
-
     path = Path(path)
     base = path.with_suffix("") if path.suffix.lower() in WFDB_SUFFIXES else path
     header_path = base.with_suffix(".hea")
@@ -366,15 +520,7 @@ def read_wfdb(path: str | Path, signal_unit: str | None = None) -> EcgRecord:
             f"WFDB header gives no number of samples and its signal files hold more than {MAX_READ_SECONDS:g} s; "
             "add the number of samples to the record line",
         )
-    try:
-        # wfdb derives a missing length from the file only when reading to the end
-        end = sampto if header.n_samples is not None else None
-        rec = wfdb.rdrecord(str(base), sampfrom=sampfrom, sampto=end, channels=channels)
-    except Exception as exc:  # wfdb raises assorted types for a corrupt record
-        raise InputError(path, f"not a readable WFDB record ({type(exc).__name__}: {exc})") from exc
-    if rec.p_signal is None or rec.p_signal.shape != (sampto - sampfrom, len(channels)):
-        raise InputError(path, "WFDB record does not hold the signal its header describes")
-    sig = np.asarray(rec.p_signal, dtype=np.float64).T
+    sig = _wfdb_signal(header, base.parent, channels, sampfrom, sampto, n, path)
     unitless = [names[c] for c in channels if header.signals[c].units is None]
     default_unit = signal_unit or "mV"
     units = [header.signals[c].units or default_unit for c in channels]
