@@ -486,12 +486,22 @@ class JobIntake:
         if active + self._reserved >= self.max_active:
             raise self._busy(f"the job queue is full ({self.max_active} jobs queued or running); retry later")
 
-    async def check_disk(self, incoming: int = 0) -> None:
-        """Raises: ServiceError: 503 when the job files plus ``incoming`` bytes pass ``max_disk_bytes``."""
-        used = await run_in_threadpool(self.store.disk_usage)
+    async def check_disk(self, incoming: int = 0, used: int | None = None) -> int:
+        """The bytes of the job files (walked when ``used`` is not given), checked with ``incoming`` more.
+
+        A submission walks the storage once (in front of its body) and passes the figure on to its later checks,
+        which add what it stored since; other submissions storing at the same time are not seen by those later
+        checks (each saw the storage before its body, and the bound is on the order of an upload, not a byte).
+
+        Raises:
+            ServiceError: 503 when the job files plus ``incoming`` bytes pass ``max_disk_bytes``.
+        """
+        if used is None:
+            used = await run_in_threadpool(self.store.disk_usage)
         if used + max(0, incoming) > self.max_disk_bytes:
             limit_mb = self.max_disk_bytes / (1024 * 1024)
             raise self._busy(f"the server's job storage is full (limit {limit_mb:g} MB); retry later")
+        return used
 
     def check_items(self, count: int) -> None:
         """Raises: ServiceError: 413 for more than ``max_items`` inputs."""

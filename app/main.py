@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI
 
 from app.errors import install_handlers
 from app.metrics import MetricsMiddleware
-from app.routes import health, jobs, models, predict
+from app.routes import health, jobs, models, oip, predict
 from app.security import BodyLimitMiddleware, LocalOnlyMiddleware, require_api_key
 from app.service import API_PREFIX, Service
 from app.settings import Settings, get_settings
@@ -61,6 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router, prefix=API_PREFIX, dependencies=secured)
     app.include_router(predict.router, prefix=API_PREFIX, dependencies=secured)
     app.include_router(jobs.router, prefix=API_PREFIX, dependencies=secured)
+    app.include_router(oip.router)  # the Open Inference Protocol: its own keys and error shape
+    app.include_router(oip.infer_router)
 
     app.add_middleware(BodyLimitMiddleware, limit=int(settings.max_upload_mb * 1024 * 1024))
     app.add_middleware(

@@ -77,6 +77,15 @@ class Metrics:
         self.batch_size = Histogram(
             "medinfer_batch_size", "Requests per batch.", ["task"], buckets=BATCH_BUCKETS, registry=self.registry
         )
+        self.stage_seconds = Histogram(
+            "medinfer_stage_seconds",
+            "Seconds of each stage of a prediction, by task: parse (request body and multipart), store (uploads "
+            "to the private folder), group (inputs from files), decode_wait (for a decode thread), prepare (read "
+            "and preprocess), queue (for a batch), forward (one batch), finish (post-process and any files).",
+            ["task", "stage"],
+            buckets=SECONDS_BUCKETS,
+            registry=self.registry,
+        )
         self.item_failures = Counter(
             "medinfer_item_failures",
             "Inputs that failed, by task and reason.",
@@ -90,12 +99,18 @@ class Metrics:
                 _GaugeCollector("medinfer_queue_depth", "Requests waiting for a batch.", "task", queue_depths)
             )
 
+    def stage(self, task: str, stage: str, seconds: float) -> None:
+        """Record one stage of a prediction (see ``medinfer_stage_seconds``)."""
+        self.stage_seconds.labels(task, stage).observe(max(0.0, seconds))
+
     def observe_batch(self, task: str, compute_s: float, batch_size: int, queue_times: list[float]) -> None:
-        """Record one batch."""
+        """Record one batch (its forward pass is also the ``forward`` stage, its inputs' waits ``queue``)."""
         self.compute_seconds.labels(task).observe(compute_s)
+        self.stage(task, "forward", compute_s)
         self.batch_size.labels(task).observe(batch_size)
         for q in queue_times:
             self.queue_seconds.labels(task).observe(q)
+            self.stage(task, "queue", q)
 
 
 class MetricsMiddleware:

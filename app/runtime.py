@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from app.batching import BatchStats, Claim, DynamicBatcher, FairPool, WorkLedger
-from app.errors import QueueFullError
+from app.errors import QueueFullError, ServiceError
 from app.metrics import Metrics
 from app.settings import Settings
 from app.uploads import redact_paths, scrub
@@ -43,15 +45,68 @@ MB = 1024 * 1024
 SLOT_POLL_S = 0.05
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def torch_threads(settings: Settings) -> int:
+    """torch's intra-op threads of a forward pass: ``torch_threads``; when it is 0, ``OMP_NUM_THREADS`` if set,
+    else the usable cores left beside the ``decode_workers`` (at least one).
+
+    Leaving the decode threads their cores matters on a small machine: OpenMP threads spin-wait for each other
+    at every operation, so an intra-op thread whose core a decode thread holds stalls the whole forward pass
+    (on 2 cores, 2 torch threads beside busy decode threads made a batch's forward pass up to 100× slower than
+    alone; ``benchmarks/serve_load.py`` measures it).
+    """
+    if settings.torch_threads:
+        return settings.torch_threads
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
+    return max(1, usable_cores() - settings.decode_workers)
+
+
+def set_thread_budgets(settings: Settings) -> dict[str, Any]:
+    """Set the process's thread budgets once, at start-up; return them as ``/readyz`` shows them.
+
+    torch's intra-op threads (:func:`torch_threads`) run the forward passes: OpenMP keeps that number per thread
+    (a thread that ran torch before keeps its own), so each model's device thread sets it again when it loads
+    the model (:meth:`ModelRuntime._load_sync`). NumPy's and SciPy's BLAS get ``blas_threads`` (default 1), so
+    that each decode thread is one core rather than starting a BLAS pool of its own. Both are process-wide (the
+    last app started in a process sets them); torch's inter-op pool is left as it is (it can only be set before
+    torch's first parallel work).
+    """
+    import torch
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    cores = usable_cores()
+    torch.set_num_threads(torch_threads(settings))
+    threadpool_limits(limits=settings.blas_threads, user_api="blas")
+    sys.setswitchinterval(settings.switch_interval_ms / 1000.0)
+    blas = {f"{i['prefix']}:{Path(i['filepath']).name}": int(i["num_threads"]) for i in threadpool_info()}
+    blas = {k: v for k, v in blas.items() if "blas" in k}
+    return {
+        "cpu_count": cores,
+        "torch_intra_op": torch_threads(settings),
+        "decode_workers": settings.decode_workers,
+        "blas": blas,
+        "switch_interval_ms": round(sys.getswitchinterval() * 1000.0, 3),
+    }
+
+
 class DeviceThreads:
     """The service's threads: one single-thread executor per (device, model), and the shared decode pool.
 
     Each model runs its batches in a thread of its own, so one model's long batch (a volume) never queues
     another model's (a signal record): on a GPU both threads launch kernels that the device interleaves, on the
-    CPU they share the cores. torch's intra-op thread count (``torch.set_num_threads``, ``OMP_NUM_THREADS``) is
-    process-wide and left as it is: each running batch uses up to that many threads, and batches of two models
-    running at once time-share the cores (each slower, neither waiting for the other to end); serving several
-    models on a CPU, set ``OMP_NUM_THREADS`` to the cores divided by the models that run at once.
+    CPU they share the cores. Each device thread runs its batches with ``torch_threads`` intra-op threads
+    (:func:`set_thread_budgets`): batches of two models running at once time-share the cores (each slower,
+    neither waiting for the other to end); serving several models on a CPU, set ``torch_threads`` to the cores
+    divided by the models that run at once.
     """
 
     def __init__(self) -> None:
@@ -105,6 +160,17 @@ class ServedItem(InputItem):
     sources: dict[str, str] = field(default_factory=dict)
     size: int = 0
     redact: Callable[[str], str] | None = field(default=None, compare=False, repr=False)
+
+
+def failure_error(failures: list[Outcome]) -> ServiceError:
+    """The answer to a request whose inputs ``failures`` failed: 400 when they failed for their own reasons,
+    504 when some timed out (and none failed inside the service), else 500."""
+    message = "; ".join(o.result.error or "" for o in failures)
+    if all(o.failure == "input" for o in failures):
+        return ServiceError(400, message)
+    if all(o.failure in ("input", "timeout") for o in failures):
+        return ServiceError(504, message, "timeout")
+    return ServiceError(500, "inference failed", "internal")
 
 
 def _is_cuda_oom(exc: BaseException) -> bool:
@@ -181,6 +247,7 @@ class ModelRuntime:
         self.predictor: Predictor | None = None
         self.batcher: DynamicBatcher[Prepared, Any] | None = None
         self.device: str | None = None
+        self.torch_threads: int | None = None  # as its device thread has it, once loaded
         try:
             self.default_options: TaskOptions = served_options(task, settings)
         except ValueError as exc:  # checked by ``discover_models`` first; here it fails this model only
@@ -251,6 +318,10 @@ class ModelRuntime:
         """Load the checkpoint and build the predictor once (its weights are loaded once)."""
         assert self.checkpoint_path is not None
         assert self.device is not None
+        import torch
+
+        torch.set_num_threads(torch_threads(self.settings))  # this device thread's own (see set_thread_budgets)
+        self.torch_threads = torch.get_num_threads()
         self.checkpoint = load_checkpoint(self.checkpoint_path, task=self.name)
         options = PredictOptions(
             device=self.device,
@@ -292,6 +363,7 @@ class ModelRuntime:
         claim: Claim | None = None,
         urgent: bool = False,
         deadline: float | None = None,
+        stage: str | None = None,
     ) -> T:
         """Run ``fn(*args)`` in the decode pool; ``claim`` (if any) is held until the call has really ended.
 
@@ -301,11 +373,25 @@ class ModelRuntime:
             claim: the work it is done for, held by the call even after this coroutine was cancelled.
             urgent: ahead of every waiting call (``finish``).
             deadline: ``time.monotonic()`` by which it must have returned.
+            stage: record the call's time in the thread as this stage (``medinfer_stage_seconds``; every call's
+                wait for a thread is ``decode_wait``).
 
         Raises:
             TimeoutError: past ``deadline`` (a running call runs on, holding its claim and its thread).
         """
-        return (await self._in_pool(fn, *args, claim=claim, urgent=urgent, deadline=deadline))[0]
+        return (await self._in_pool(fn, *args, claim=claim, urgent=urgent, deadline=deadline, stage=stage))[0]
+
+    def _timed(self, fn: Callable[..., T], stage: str) -> Callable[..., T]:
+        """``fn`` recording its time as ``stage`` of this model (whether it returns or raises)."""
+
+        def timed(*args: Any) -> T:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                self.metrics.stage(self.name, stage, time.perf_counter() - t0)
+
+        return timed
 
     async def _in_pool(
         self,
@@ -315,14 +401,19 @@ class ModelRuntime:
         urgent: bool = False,
         deadline: float | None = None,
         limit: float | None = None,
+        stage: str | None = None,
     ) -> tuple[T, float | None]:
         """:meth:`in_pool`; with ``limit`` instead of a deadline, the deadline is ``limit`` seconds after the
         call starts running (waiting for a free thread does not count). Returns the result and the deadline."""
         loop = asyncio.get_running_loop()
         started: asyncio.Future[float] = loop.create_future()
+        submitted = time.monotonic()
+        if stage is not None:
+            fn = self._timed(fn, stage)
 
         def on_start() -> None:  # in the worker thread
             t = time.monotonic()
+            self.metrics.stage(self.name, "decode_wait", t - submitted)
 
             def mark() -> None:
                 if not started.done():
@@ -403,7 +494,13 @@ class ModelRuntime:
                 torch.cuda.empty_cache()
 
     async def predict_item(
-        self, item: ServedItem, out_dir: Path, upload_dir: Path, *, wait_for_slot: bool, claim: Claim | None = None
+        self,
+        item: ServedItem,
+        out_dir: Path | None,
+        upload_dir: Path | None,
+        *,
+        wait_for_slot: bool,
+        claim: Claim | None = None,
     ) -> Outcome:
         """Prepare, run (batched) and finish one input; errors become this input's own outcome.
 
@@ -412,8 +509,9 @@ class ModelRuntime:
 
         Args:
             item: the grouped input (with its request's task options), as ``Service._collect`` makes it.
-            out_dir: where ``finish`` writes files.
-            upload_dir: the private upload folder (hidden from messages).
+            out_dir: where ``finish`` writes files; ``None``: answer from memory, for an input whose
+                ``Predictor.needs_files`` is false (a file is never written for it).
+            upload_dir: the private upload folder (hidden from messages); ``None`` for an input without files.
             wait_for_slot: on a full queue, wait and retry (jobs) instead of raising (requests).
             claim: the input's share of the model's work, claimed (and let go of) by the caller; every thread
                 and batch working for the input holds it as well until it returns. ``None``: claimed here (and
@@ -432,13 +530,13 @@ class ModelRuntime:
             own.let_go()
 
     async def _predict(
-        self, item: ServedItem, out_dir: Path, upload_dir: Path, claim: Claim, *, wait_for_slot: bool
+        self, item: ServedItem, out_dir: Path | None, upload_dir: Path | None, claim: Claim, *, wait_for_slot: bool
     ) -> Outcome:
         assert self.predictor is not None
         predictor = self.predictor
         limit = self.settings.item_timeout_s
         ref, sources = item.ref or item.name, item.sources
-        redact = item.redact or (lambda text: scrub(text, upload_dir, out_dir))
+        redact = item.redact or (lambda text: scrub(text, *(d for d in (upload_dir, out_dir) if d is not None)))
 
         t0 = time.perf_counter()
 
@@ -462,7 +560,7 @@ class ModelRuntime:
             return Outcome(result, kind)
 
         try:
-            prepared, deadline = await self._in_pool(predictor.prepare, item, claim=claim, limit=limit)
+            prepared, deadline = await self._in_pool(predictor.prepare, item, claim=claim, limit=limit, stage="prepare")
         except TimeoutError:
             return failed(None, "timeout")
         except (InputError, ValueError) as exc:
@@ -488,9 +586,21 @@ class ModelRuntime:
         except Exception as exc:
             return failed(exc, "internal")
         try:
-            output: ItemOutput = await self.in_pool(
-                predictor.finish, prepared, raw, out_dir, claim=claim, urgent=True, deadline=deadline
-            )
+            output: ItemOutput
+            if out_dir is None:
+                # a result without files only builds its JSON (Predictor.needs_files): cheaper here than a thread hop
+                output = self._timed(predictor.finish, "finish")(prepared, raw, None)
+            else:
+                output = await self.in_pool(
+                    predictor.finish,
+                    prepared,
+                    raw,
+                    out_dir,
+                    claim=claim,
+                    urgent=True,
+                    deadline=deadline,
+                    stage="finish",
+                )
         except TimeoutError:
             return failed(None, "timeout")
         except (InputError, ValueError) as exc:

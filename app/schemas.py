@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 JobState = Literal["queued", "running", "succeeded", "failed", "expired"]
 
@@ -34,6 +34,9 @@ class ModelState(BaseModel):
     state: str
     device: str | None = None
     error: str | None = Field(default=None, description="Why it failed (no server paths).")
+    torch_threads: int | None = Field(
+        default=None, description="torch's intra-op threads in the model's device thread (once it is loaded)."
+    )
 
 
 class JobsState(BaseModel):
@@ -42,12 +45,23 @@ class JobsState(BaseModel):
     state: Literal["running", "stopped"]
 
 
+class Threads(BaseModel):
+    """The thread budgets the service set at start-up."""
+
+    cpu_count: int = Field(description="CPU cores this process may use.")
+    torch_intra_op: int = Field(description="torch's intra-op threads of a forward pass, set in each device thread.")
+    decode_workers: int = Field(description="Threads that unpack, read, preprocess and finish inputs.")
+    blas: dict[str, int] = Field(description="BLAS threads of each loaded BLAS library (NumPy's, SciPy's).")
+    switch_interval_ms: float = Field(description="Python's thread switch interval (sys.getswitchinterval), in ms.")
+
+
 class Readiness(BaseModel):
-    """Readiness of every enabled model and of the job worker."""
+    """Readiness of every enabled model and of the job worker, and the service's thread budgets."""
 
     ready: bool
     models: dict[str, ModelState]
     jobs: JobsState
+    threads: Threads | None = None
 
 
 class DataCard(BaseModel):
@@ -128,7 +142,10 @@ class ItemOutcome(BaseModel):
 class PredictResponse(BaseModel):
     """A synchronous prediction: one outcome per input, and links to the files written."""
 
-    id: str = Field(description="Result id; files are served under /api/v1/jobs/{id}/files/.")
+    id: str | None = Field(
+        description="Result id; files are served under /api/v1/jobs/{id}/files/. null when the answer holds the "
+        "whole result and nothing was kept (a classification without explanation and without save=true)."
+    )
     task: str
     checkpoint_version: str
     results: list[ItemOutcome]
@@ -188,3 +205,89 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI ``responses`` entry for these error codes."""
     return {c: ERROR_RESPONSES[c] for c in codes}
+
+
+# -- the Open Inference Protocol (KServe v2) ---------------------------------------------------------------------------
+OipParameters = dict[str, str | int | float | bool]
+
+
+class OipError(BaseModel):
+    """An error of the Open Inference Protocol routes: ``{"error": message}``."""
+
+    error: str
+
+
+class OipServerMetadata(BaseModel):
+    """``GET /v2``: the server and the protocol extensions it serves."""
+
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class OipMetadataTensor(BaseModel):
+    """An input or output tensor of a model: its name, datatype and shape (-1 for a variable size)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: OipParameters = Field(default_factory=dict, description="Labels, units, channel order...")
+
+
+class OipModelMetadata(BaseModel):
+    """``GET /v2/models/{name}``: the model's versions, inputs and outputs."""
+
+    name: str
+    versions: list[str] = Field(default_factory=list)
+    platform: str
+    inputs: list[OipMetadataTensor]
+    outputs: list[OipMetadataTensor]
+    parameters: OipParameters = Field(default_factory=dict)
+
+
+class OipRequestInput(BaseModel):
+    """An input tensor: ``data`` row-major (flat or nested), or ``binary_data_size`` bytes after the JSON."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: OipParameters | None = None
+    data: list[Any] | None = None
+
+
+class OipRequestOutput(BaseModel):
+    """An output to answer; ``binary_data``: as binary data, ``classification``: its top k as labels."""
+
+    name: str
+    parameters: OipParameters | None = None
+
+
+class OipInferRequest(BaseModel):
+    """``POST /v2/models/{name}/infer``: the inputs, the outputs wanted and the task's options as parameters."""
+
+    id: str | None = None
+    parameters: OipParameters | None = None
+    inputs: list[OipRequestInput]
+    outputs: list[OipRequestOutput] | None = None
+
+
+class OipResponseOutput(BaseModel):
+    """An output tensor: ``data`` flattened row-major, or ``binary_data_size`` bytes after the JSON."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: OipParameters | None = None
+    data: list[Any] | None = None
+
+
+class OipInferResponse(BaseModel):
+    """The answer of an inference request."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: OipParameters | None = None
+    outputs: list[OipResponseOutput]

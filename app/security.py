@@ -74,7 +74,8 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > self.limit:
-                    await error_json(413, "too_large", BodyTooLarge(self.limit).message)(scope, receive, send)
+                    refusal = error_json(413, "too_large", BodyTooLarge(self.limit).message, path=scope.get("path", ""))
+                    await refusal(scope, receive, send)
                     return
         seen = 0
         limit = self.limit
@@ -206,7 +207,7 @@ class LocalOnlyMiddleware:
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": problem[:120]})
         else:
-            await error_json(403, "forbidden", problem)(scope, receive, send)
+            await error_json(403, "forbidden", problem, path=scope.get("path", ""))(scope, receive, send)
 
 
 def safe_name(name: str, fallback: str = "upload") -> str:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -25,13 +29,22 @@ from app.jobs import (
     retrying,
 )
 from app.metrics import Metrics
-from app.runtime import DeviceThreads, ModelRuntime, Outcome, ServedItem, discover_models, files_size
+from app.runtime import (
+    DeviceThreads,
+    ModelRuntime,
+    Outcome,
+    ServedItem,
+    discover_models,
+    failure_error,
+    files_size,
+    set_thread_budgets,
+)
 from app.settings import Settings
-from app.uploads import UploadRefs, private_dir, remove_tree, store_uploads, stored_uploads
+from app.uploads import UploadRefs, remove_tree, store_uploads, store_uploads_sync, stored_uploads, upload_pairs
 from pipelines.common.config import ConfigError, TaskOptions
 from pipelines.common.errors import InputError
 from pipelines.common.predict import ItemResult, Report
-from pipelines.common.task import OutputFile
+from pipelines.common.task import Collected, OutputFile
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +71,9 @@ class Service:
         self.store: JobStore | None = None
         self.metrics = Metrics(job_counts=self._job_counts, queue_depths=self._queue_depths)
         self.runtimes: dict[str, ModelRuntime] = {}
+        self.thread_budgets: dict[str, Any] | None = None  # set at start-up (set_thread_budgets)
+        self._grouped: dict[str, Collected] = {}  # job id → its inputs as grouped at submission
+        self._cleanup = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cleanup")  # removes request folders
         self.worker: JobWorker | None = None
         self.intake: JobIntake | None = None
         self.lock = DataDirLock(self.data_dir)
@@ -82,6 +98,7 @@ class Service:
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
             self.tmp_dir.chmod(0o700)
             self.store = JobStore(self.data_dir)
+            self.thread_budgets = set_thread_budgets(self.settings)
             for task, ckpt in discover_models(self.settings):
                 self.runtimes[task.name] = ModelRuntime(task, ckpt, self.settings, self.threads, self.metrics)
             if not self.runtimes:
@@ -120,6 +137,7 @@ class Service:
         for rt in self.runtimes.values():
             await rt.stop()
         self.threads.shutdown()
+        self._cleanup.shutdown(wait=True)  # the folders of finished requests are gone before the lock is let go
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -173,6 +191,7 @@ class Service:
         options: TaskOptions,
         *,
         claim: Claim | None = None,
+        grouped: Collected | None = None,
     ) -> tuple[list[ServedItem], list[Outcome]]:
         """Group the uploaded files: the items, and an error outcome for every file that could not be used.
 
@@ -191,19 +210,41 @@ class Service:
             explain: also explain every item.
             options: the request's task options.
             claim: the request's work on the model's ledger.
+            grouped: the task's grouping of ``paths`` when it was made already (a job's, at submission).
 
         Raises:
             ServiceError: 415 when nothing usable was uploaded, 400 when every file was unusable.
         """
-        return await rt.in_pool(self._group, rt, paths, upload_dir, explain, options, claim=claim)
+        work = (self._group, rt, paths, upload_dir, explain, options, grouped)
+        return await rt.in_pool(*work, claim=claim, stage="group")
+
+    def _store_and_group(
+        self, rt: ModelRuntime, pairs: list[tuple[str, Any]], upload_dir: Path, explain: bool, options: TaskOptions
+    ) -> tuple[list[ServedItem], list[Outcome]]:
+        """A request's upload stored in its new private folder, then grouped (:meth:`_group`), in one decode
+        thread; the two are recorded as the ``store`` and ``group`` stages."""
+        t0 = time.perf_counter()
+        paths = store_uploads_sync(pairs, upload_dir, self.settings, make_dest=True)
+        t1 = time.perf_counter()
+        self.metrics.stage(rt.name, "store", t1 - t0)
+        try:
+            return self._group(rt, paths, upload_dir, explain, options, None)
+        finally:
+            self.metrics.stage(rt.name, "group", time.perf_counter() - t1)
 
     def _group(
-        self, rt: ModelRuntime, uploads: list[Path], upload_dir: Path, explain: bool, options: TaskOptions
+        self,
+        rt: ModelRuntime,
+        uploads: list[Path],
+        upload_dir: Path,
+        explain: bool,
+        options: TaskOptions,
+        grouped: Collected | None,
     ) -> tuple[list[ServedItem], list[Outcome]]:
         """:meth:`_collect`'s work (a decode thread)."""
         refs = UploadRefs(uploads, upload_dir, keep=rt.task.contract.channels, folders=[self.data_dir])
         try:
-            collected = rt.task.collect_inputs([str(p) for p in uploads])
+            collected = grouped if grouped is not None else rt.task.collect_inputs([str(p) for p in uploads])
         except (InputError, ValueError) as exc:
             raise ServiceError(400, refs.error(exc)[1]) from exc
         for it in collected.items:
@@ -258,6 +299,18 @@ class Service:
         """The outcomes as the API returns them: each input's files as links (from its typed result)."""
         return [{**o.result.to_dict(), "files": self._links(job_id, out_dir, o.result.files)} for o in outcomes]
 
+    def _remove_later(self, folder: Path) -> Callable[[], None]:
+        """A call that has ``folder`` removed by the cleanup thread (never in the event loop, which the last
+        claim's release may be); after shutdown, at once."""
+
+        def remove() -> None:
+            try:
+                self._cleanup.submit(remove_tree, folder)
+            except RuntimeError:  # the cleanup thread has stopped
+                remove_tree(folder)
+
+        return remove
+
     # -- synchronous prediction ------------------------------------------------------------------
     async def predict(
         self,
@@ -267,8 +320,14 @@ class Service:
         *,
         explain: bool,
         admission: Claim | None = None,
+        save: bool = False,
     ) -> dict[str, Any]:
         """Predict on uploaded files; the files the task writes are kept as a finished ``predict`` record.
+
+        A prediction whose inputs need no files (``Predictor.needs_files``: a classifier without explanation) is
+        answered from memory unless ``save`` asks for files: no result folder, report, CSV or record is made and
+        its ``id`` is ``None``. With ``save``, or when an input writes files (a mask, a picture), the result folder
+        holds each input's files and ``report.json``/``report.csv``, kept as a finished record as jobs keep theirs.
 
         The request's work is counted on the model's ledger throughout: ``admission`` (one item and the declared
         size, claimed before the body was read) covers unpacking and grouping, then each input holds a claim of
@@ -283,6 +342,7 @@ class Service:
             explain: also explain.
             admission: the request's claim from :meth:`~app.runtime.ModelRuntime.admit` (the caller lets go of
                 it); ``None``: claimed here.
+            save: keep the result as files even when it fits in the answer.
 
         Raises:
             ServiceError: 400 when every input failed for its own reason, 404/503 for the model, 413/415 for
@@ -292,26 +352,29 @@ class Service:
         task_options = self._options(rt, options)
         store = self.job_store()
         ticket = admission if admission is not None else rt.admit(sum(f.size or 0 for f in files))
-        upload_dir = private_dir(self.tmp_dir, "upload-")
+        upload_dir = self.tmp_dir / f"upload-{secrets.token_hex(8)}"  # made private by store_uploads
         job_id = store.new_id()
         out_dir = store.output_dir(job_id)
         claims: list[Claim] = []
 
-        async def held(fn: Any, *args: Any) -> Any:
-            return await rt.in_pool(fn, *args, claim=ticket)
-
         try:
-            paths = await store_uploads(files, upload_dir, self.settings, run=held)
-            items, failed = await self._collect(rt, paths, upload_dir, explain, task_options, claim=ticket)
+            pairs = upload_pairs(files)
+            work = (self._store_and_group, rt, pairs, upload_dir, explain, task_options)
+            items, failed = await rt.in_pool(*work, claim=ticket)  # one decode thread stores and groups
             limit = min(self.settings.max_items_per_request, rt.ledger.max_items)
             if len(items) > limit:
                 raise ServiceError(
                     413, f"{len(items)} inputs in one request; the limit is {limit} (submit a job for more)"
                 )
             claims = rt.ledger.claim_each([it.size for it in items], replacing=ticket)
-            out_dir.mkdir(parents=True)
+            assert rt.predictor is not None
+            predictor = rt.predictor
+            in_memory = not save and not any(predictor.needs_files(it) for it in items)
+            if not in_memory:
+                out_dir.mkdir(parents=True)
+            where = None if in_memory else out_dir
             tasks = [
-                asyncio.ensure_future(rt.predict_item(it, out_dir, upload_dir, wait_for_slot=False, claim=c))
+                asyncio.ensure_future(rt.predict_item(it, where, upload_dir, wait_for_slot=False, claim=c))
                 for it, c in zip(items, claims, strict=True)
             ]
             try:
@@ -323,49 +386,52 @@ class Service:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
         except BaseException:
-            when_all_released([ticket, *claims], lambda: remove_tree(store.job_dir(job_id)))
+            when_all_released([ticket, *claims], self._remove_later(store.job_dir(job_id)))
             raise
         finally:
             for c in claims:
                 c.let_go()  # each input's threads and batch hold it on their own until they return
             if admission is None:
                 ticket.let_go()
-            when_all_released([ticket, *claims], lambda: remove_tree(upload_dir))
+            when_all_released([ticket, *claims], self._remove_later(upload_dir))
         failures = [o for o in outcomes if o.failure]
         if len(failures) == len(outcomes):
-            when_all_released(claims, lambda: remove_tree(store.job_dir(job_id)))
-            message = "; ".join(o.result.error or "" for o in failures)
-            if all(o.failure == "input" for o in failures):
-                raise ServiceError(400, message)
-            if all(o.failure in ("input", "timeout") for o in failures):
-                raise ServiceError(504, message, "timeout")
-            raise ServiceError(500, "inference failed", "internal")
+            if not in_memory:
+                when_all_released(claims, self._remove_later(store.job_dir(job_id)))
+            raise failure_error(failures)
+        if in_memory:
+            results = [{**o.result.to_dict(), "files": []} for o in outcomes]
+            return {"id": None, "task": task, "checkpoint_version": rt.version, "results": results, "files": []}
         return await run_in_threadpool(self._store_prediction, task, rt.version, job_id, list(outcomes))
 
     def _store_prediction(self, task: str, version: str, job_id: str, outcomes: list[Outcome]) -> dict[str, Any]:
-        """Link the written files, write the report and keep them as a finished record (worker thread)."""
+        """Link the written files, write the report and keep them as a finished record (worker thread).
+
+        The record is kept even when every input failed to write anything (``save`` asked for the report)."""
         store = self.job_store()
         out_dir = store.output_dir(job_id)
         results = self._results(outcomes, out_dir, job_id)
-        files_written = any(out_dir.rglob("*"))
-        if files_written:
-            Report(task=task, checkpoint=version, results=[o.result for o in outcomes]).write(out_dir)
-            store.create(
-                job_id, task, kind="predict", state="succeeded", checkpoint_version=version, result={"results": results}
-            )
-        else:
-            remove_tree(store.job_dir(job_id))
+        Report(task=task, checkpoint=version, results=[o.result for o in outcomes]).write(out_dir)
+        store.create(
+            job_id, task, kind="predict", state="succeeded", checkpoint_version=version, result={"results": results}
+        )
         return {
             "id": job_id,
             "task": task,
             "checkpoint_version": version,
             "results": results,
-            "files": self.file_links(job_id) if files_written else [],
+            "files": self.file_links(job_id),
         }
 
     # -- jobs ------------------------------------------------------------------------------------
     async def submit_job(
-        self, task: str, files: list[UploadFile], options: dict[str, Any], *, explain: bool
+        self,
+        task: str,
+        files: list[UploadFile],
+        options: dict[str, Any],
+        *,
+        explain: bool,
+        disk_used: int | None = None,
     ) -> JobRecord:
         """Store the upload with a new queued job and hand it to the worker.
 
@@ -373,6 +439,10 @@ class Service:
         upload's size (503), a place in the queue (503), then, once the upload is stored, the storage again (an
         archive unpacks larger: 503) and its number of inputs (413). A refused upload is removed. The database
         row keeps the task, the options and the explain flag: never a file name.
+
+        The job storage is walked once per submission (``disk_used``: the bytes the route counted in front of the
+        body; walked here when not given), and the inputs are grouped once: the worker takes the grouping made
+        here (a job recovered after a restart is grouped again).
 
         Raises:
             ServiceError: as above; 503 also when the upload or the row cannot be written (disk, database).
@@ -385,24 +455,27 @@ class Service:
         assert self.intake is not None
         assert self.worker is not None
         intake = self.intake
-        await intake.check_disk(sum(f.size or 0 for f in files))
+        used = await intake.check_disk(sum(f.size or 0 for f in files), used=disk_used)
         with intake.reserve():
             job_id = store.new_id()
             input_dir = store.input_dir(job_id)
             try:
                 input_dir.mkdir(parents=True, mode=0o700)
                 await store_uploads(files, input_dir, self.settings)
-                await intake.check_disk()
+                await intake.check_disk(await run_in_threadpool(files_size, [input_dir]), used=used)
+                collected: Collected | None
                 try:
                     stored = [str(p) for p in stored_uploads(input_dir)]
-                    count = len((await run_in_threadpool(rt.task.collect_inputs, stored)).items)
+                    collected = await run_in_threadpool(rt.task.collect_inputs, stored)
                 except Exception as exc:  # an unusable upload is the job's failure to report, with its reason
                     logger.info("inputs of a job upload not counted: %s", type(exc).__name__)
-                    count = 0
-                intake.check_items(count)
+                    collected = None
+                intake.check_items(len(collected.items) if collected is not None else 0)
                 record = await retrying(
                     store.create, job_id, task, options={"task_options": options, "explain": explain}
                 )
+                if collected is not None:
+                    self._grouped[job_id] = collected
             except STORE_ERRORS as exc:
                 remove_tree(store.job_dir(job_id))
                 logger.error("job upload could not be stored: %s", type(exc).__name__)
@@ -441,7 +514,9 @@ class Service:
             # jobs queued by medinfer 0.1 kept their options as "overrides"
             stored = rec.options.get("task_options") or rec.options.get("overrides") or {}
             task_options = self._options(rt, dict(stored))
-            items, outcomes = await self._collect(rt, paths, input_dir, bool(rec.options.get("explain")), task_options)
+            explain = bool(rec.options.get("explain"))
+            grouped = self._grouped.pop(rec.id, None)
+            items, outcomes = await self._collect(rt, paths, input_dir, explain, task_options, grouped=grouped)
         except ServiceError as exc:
             raise JobFailed(exc.message) from exc
         if len(items) > self.settings.max_job_items:

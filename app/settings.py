@@ -81,6 +81,26 @@ class Settings(BaseSettings):
     decode_workers: int = Field(
         default=2, ge=1, description="Threads that unpack, decode and finish inputs, shared by every model."
     )
+    torch_threads: int = Field(
+        default=0,
+        ge=0,
+        description="torch's intra-op threads for the forward passes (0: OMP_NUM_THREADS if set, else the CPU "
+        "cores left beside the decode workers, at least 1). Set once at start-up; shown by /readyz.",
+    )
+    blas_threads: int = Field(
+        default=1,
+        ge=1,
+        description="Threads of NumPy's and SciPy's BLAS, used by the decode threads (1: each decode thread is one "
+        "core). Set once at start-up; shown by /readyz.",
+    )
+    switch_interval_ms: float = Field(
+        default=5.0,
+        gt=0,
+        le=100,
+        description="Python's thread switch interval (sys.setswitchinterval) in ms: how long a busy decode thread "
+        "may hold the interpreter before the device thread gets it back between two torch operations. Set once at "
+        "start-up; shown by /readyz.",
+    )
     request_timeout_s: float = Field(
         default=300.0, gt=0, description="Seconds a synchronous prediction may take in all before it is answered 504."
     )

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,9 @@ def _member_names(archive: Path) -> list[str]:
         return []
 
 
-def store_uploads_sync(files: list[tuple[str, Any]], dest: Path, settings: Settings) -> list[Path]:
+def store_uploads_sync(
+    files: list[tuple[str, Any]], dest: Path, settings: Settings, make_dest: bool = False
+) -> list[Path]:
     """Write uploaded file objects into ``dest``; extract zips into sub-folders.
 
     The stored names (in upload order) are recorded in ``dest/.uploads.json`` so that the inputs can be referred
@@ -88,6 +91,7 @@ def store_uploads_sync(files: list[tuple[str, Any]], dest: Path, settings: Setti
         files: ``(client file name, binary file object)`` pairs.
         dest: a private, empty folder.
         settings: upload and archive limits.
+        make_dest: create ``dest`` first (readable by this user only; it must not exist).
 
     Returns:
         The paths to hand to the task's ``collect_inputs`` (files, and one folder per archive), in upload order.
@@ -95,6 +99,9 @@ def store_uploads_sync(files: list[tuple[str, Any]], dest: Path, settings: Setti
     Raises:
         ServiceError: 400 for an unsafe or corrupt archive, 413 beyond the limits.
     """
+    if make_dest:
+        dest.mkdir(mode=0o700)
+        dest.chmod(0o700)  # whatever the umask
     max_unpacked = int(settings.max_unpacked_mb * 1024 * 1024)
     inputs: list[Path] = []
     unpacked = 0
@@ -130,25 +137,27 @@ def store_uploads_sync(files: list[tuple[str, Any]], dest: Path, settings: Setti
     return inputs
 
 
-async def store_uploads(
-    files: Iterable[UploadFile],
-    dest: Path,
-    settings: Settings,
-    *,
-    run: Callable[..., Awaitable[list[Path]]] | None = None,
-) -> list[Path]:
-    """Async wrapper of :func:`store_uploads_sync` (disk work off the event loop).
+async def store_uploads(files: Iterable[UploadFile], dest: Path, settings: Settings) -> list[Path]:
+    """Async wrapper of :func:`store_uploads_sync` (disk work in the thread pool, off the event loop).
 
     Args:
         files: the upload.
         dest: a private, empty folder.
         settings: upload and archive limits.
-        run: ``await run(fn, *args)`` runs the work (a model's decode pool); default: the thread pool.
+    """
+    return await run_in_threadpool(store_uploads_sync, upload_pairs(files), dest, settings)
+
+
+def upload_pairs(files: Iterable[UploadFile]) -> list[tuple[str, Any]]:
+    """``(client file name, binary file object)`` of each uploaded file, for :func:`store_uploads_sync`.
+
+    Raises:
+        ServiceError: 422 when nothing was uploaded.
     """
     pairs = [(f.filename or "", f.file) for f in files]
     if not pairs:
         raise ServiceError(422, "files: at least one file is required", "validation_error")
-    return await (run or run_in_threadpool)(store_uploads_sync, pairs, dest, settings)
+    return pairs
 
 
 def stored_uploads(folder: Path) -> list[Path]:
@@ -253,19 +262,31 @@ class UploadRefs:
     def __init__(
         self, uploads: Sequence[Path], upload_dir: Path, *, keep: Iterable[str] = (), folders: Sequence[Path] = ()
     ) -> None:
-        self.uploads = [p.resolve() for p in uploads]
+        self._given = [os.path.normpath(p) for p in uploads]
+        self._uploads = list(uploads)
+        self._resolved: list[Path] | None = None
         self.redact = Redactor([upload_dir, *folders], keep)
         for p in upload_dir.rglob("*"):
             self.redact.add(p.name)
 
     def upload_of(self, path: str | Path) -> int | None:
-        """The position of the upload ``path`` is (or is inside), or ``None``."""
+        """The position of the upload ``path`` is (or is inside), or ``None``.
+
+        A path under an upload as given (what the task's grouping returns for the paths it was handed) is matched
+        by its text; any other is resolved and compared with the resolved uploads.
+        """
+        given = os.path.normpath(path)
+        for i, root in enumerate(self._given):
+            if given == root or given.startswith(root + os.sep):
+                return i
         try:
             resolved = Path(path).resolve()
         except (OSError, ValueError):
             return None
-        for i, root in enumerate(self.uploads):
-            if resolved == root or root in resolved.parents:
+        if self._resolved is None:
+            self._resolved = [p.resolve() for p in self._uploads]
+        for i, root_path in enumerate(self._resolved):
+            if resolved == root_path or root_path in resolved.parents:
                 return i
         return None
 
@@ -288,7 +309,7 @@ class UploadRefs:
                 refs.append(None)
             elif len(s) > 1:
                 refs.append(f"files[{','.join(str(i) for i in s)}]")
-            elif self.uploads[s[0]].is_dir() or counts[s[0]] > 1:
+            elif self._uploads[s[0]].is_dir() or counts[s[0]] > 1:
                 k = seen[s[0]] = seen.get(s[0], -1) + 1
                 refs.append(f"files[{s[0]}]#{k}")
             else:

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.schemas import Health, JobsState, ModelState, Readiness
+from app.schemas import Health, JobsState, ModelState, Readiness, Threads
 from app.service import ServiceDep
 
 router = APIRouter(tags=["health"])
@@ -32,15 +32,18 @@ async def healthz() -> Health:
 async def readyz(service: ServiceDep) -> JSONResponse:
     """200 once every enabled model is loaded and has run a warm-up input and the job worker runs; else 503.
 
-    The body gives each model's state (and a failed one's reason, without server paths) and the worker's.
+    The body gives each model's state (and a failed one's reason, without server paths), the worker's, and the
+    thread budgets set at start-up (torch's intra-op threads, decode threads, BLAS threads).
     """
     worker = service.worker
     body = Readiness(
         ready=service.ready,
         models={
-            name: ModelState(state=rt.state, device=rt.device, error=rt.error) for name, rt in service.runtimes.items()
+            name: ModelState(state=rt.state, device=rt.device, error=rt.error, torch_threads=rt.torch_threads)
+            for name, rt in service.runtimes.items()
         },
         jobs=JobsState(state="running" if worker is not None and worker.running else "stopped"),
+        threads=Threads(**service.thread_budgets) if service.thread_budgets else None,
     )
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 

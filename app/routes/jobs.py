@@ -24,7 +24,8 @@ class JobIntakeRoute(APIRoute):
     FastAPI reads a multipart body before it runs any dependency, so the check sits in front of the handler:
     a client is told 503 at once rather than after sending up to ``max_upload_mb`` (the storage check counts
     the announced ``Content-Length``). The API key is checked first, so an anonymous client learns nothing
-    about the queue. ``Service.submit_job`` checks again once the body is in.
+    about the queue. ``Service.submit_job`` checks again once the body is in, adding what it stored to the bytes
+    counted here (the storage is walked once per submission).
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
@@ -37,7 +38,7 @@ class JobIntakeRoute(APIRoute):
             intake = get_service(request).intake
             if intake is not None:
                 intake.check_queue()
-                await intake.check_disk(declared_length(request))
+                request.state.jobs_disk_used = await intake.check_disk(declared_length(request))
             return await handler(request)
 
         return guarded
@@ -95,7 +96,8 @@ async def submit(
     require_multipart(request)
     request.scope.setdefault("state", {})["task"] = task
     values = await task_options(request, options, JOB_FIELDS)
-    rec = await service.submit_job(task, files, values, explain=explain)
+    used = getattr(request.state, "jobs_disk_used", None)
+    rec = await service.submit_job(task, files, values, explain=explain, disk_used=used)
     return job_view(rec, service)
 
 

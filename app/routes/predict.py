@@ -9,17 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.routing import APIRoute
 
 from app.batching import Claim
 from app.errors import ServiceError
 from app.schemas import PredictResponse, error_responses
 from app.security import require_api_key
-from app.service import ServiceDep, get_service
+from app.service import Service, ServiceDep, get_service
 
 
 def declared_length(request: Request) -> int:
@@ -48,6 +49,7 @@ class AdmittedRoute(APIRoute):
             service = get_service(request)
             claim = service.runtime(str(request.path_params.get("task", ""))).admit(declared_length(request))
             request.state.admission = claim
+            request.state.admitted_at = time.perf_counter()  # the endpoint records the body's parse from here
             limit = service.settings.request_timeout_s
             deadline = asyncio.timeout(limit)
             try:
@@ -83,6 +85,15 @@ OptionsField = Annotated[
         max_length=16_384,
         description="The task's options as a JSON object (each task's schema is in GET /api/v1/models, "
         'e.g. {"KEY": VALUE}); unknown keys or invalid values are answered 422 naming the key.',
+    ),
+]
+
+SaveField = Annotated[
+    bool,
+    Query(
+        description="Keep the result as files (each input's result file and report.json/report.csv under "
+        "/api/v1/jobs/{id}/files/) even when the answer holds all of it. Volumes and explanations always keep "
+        "their files.",
     ),
 ]
 
@@ -149,8 +160,12 @@ async def task_options(request: Request, raw: str | None, allowed: frozenset[str
 PREDICT_FIELDS = frozenset({"files", "options"})
 
 
-def _admission(request: Request) -> Claim | None:
-    """The claim :class:`AdmittedRoute` made for this request."""
+def _admission(request: Request, service: Service, task: str) -> Claim | None:
+    """The claim :class:`AdmittedRoute` made for this request; records the body's parse (the ``parse`` stage:
+    from admission to the endpoint, which FastAPI calls once the multipart body is read and parsed)."""
+    admitted_at = getattr(request.state, "admitted_at", None)
+    if isinstance(admitted_at, float) and task in service.runtimes:
+        service.metrics.stage(task, "parse", time.perf_counter() - admitted_at)
     claim = getattr(request.state, "admission", None)
     return claim if isinstance(claim, Claim) else None
 
@@ -167,12 +182,14 @@ async def predict(
     service: ServiceDep,
     files: FilesField,
     options: OptionsField = None,
+    save: SaveField = False,
 ) -> dict[str, Any]:
     """Predict on one upload; results as the CLI writes them, each input's files (masks) as links."""
     require_multipart(request)
     values = await task_options(request, options, PREDICT_FIELDS)
-    admission = _admission(request)
-    return await until_disconnect(request, service.predict(task, files, values, explain=False, admission=admission))
+    admission = _admission(request, service, task)
+    work = service.predict(task, files, values, explain=False, admission=admission, save=save)
+    return await until_disconnect(request, work)
 
 
 @router.post(
@@ -187,9 +204,11 @@ async def explain(
     service: ServiceDep,
     files: FilesField,
     options: OptionsField = None,
+    save: SaveField = False,
 ) -> dict[str, Any]:
     """Predict with the task's explanation (prototypes, Grad-CAM, probability maps) among the outputs."""
     require_multipart(request)
     values = await task_options(request, options, PREDICT_FIELDS)
-    admission = _admission(request)
-    return await until_disconnect(request, service.predict(task, files, values, explain=True, admission=admission))
+    admission = _admission(request, service, task)
+    work = service.predict(task, files, values, explain=True, admission=admission, save=save)
+    return await until_disconnect(request, work)

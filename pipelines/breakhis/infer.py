@@ -11,7 +11,7 @@ import torch
 
 from models.efficientnet import BINARY_LABELS, CAM_LAYER, SUBTYPES
 from pipelines.breakhis.config import BreakhisConfig, BreakhisOptions
-from pipelines.breakhis.transforms import NOTES, predict_transforms
+from pipelines.breakhis.transforms import NOTES, predict_transforms, rgb_from_array
 from pipelines.common import keys
 from pipelines.common.classification import ClassificationPredictor, Head
 from pipelines.common.io import read_rgb_image
@@ -58,8 +58,18 @@ class BreakhisPredictor(ClassificationPredictor[BreakhisOptions]):
 
     # -- the task's own steps ----------------------------------------------------------------------------------
     def read(self, item: InputItem, options: BreakhisOptions) -> tuple[np.ndarray, dict[str, Any]]:
-        path = Path(next(iter(item.paths.values())))
-        rgb, notes = read_rgb_image(path)
+        """An image file, or an image given in memory (``item.data``: see ``rgb_from_array``), as RGB uint8 and
+        then preprocessed the one way (:meth:`from_rgb`)."""
+        if item.data is not None:
+            rgb, notes = rgb_from_array(item.data, item.name)
+        else:
+            rgb, notes = read_rgb_image(Path(next(iter(item.paths.values()))))
+        return self.from_rgb(rgb, notes, item, options)
+
+    def from_rgb(
+        self, rgb: np.ndarray, notes: list[str], item: InputItem, options: BreakhisOptions
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """The network's input (3, S, S) and the result's context from RGB uint8 (H, W, 3) and its reading notes."""
         height, width = rgb.shape[:2]
         warnings = list(notes)
         size = self.cfg.image_size

@@ -23,6 +23,7 @@ from pipelines.common.task import (
     OutputHead,
     PredictOptions,
     Task,
+    TensorSpec,
     expand_paths,
     register_task,
 )
@@ -56,7 +57,15 @@ class BreakhisTask(Task):
             notes="Files or folders of images. Other sizes are resized (with a warning); grayscale, palette, RGBA "
             "and 16-bit images are converted (said in the result), corrupt, tiny (< 16 px) or huge (> 100 MP) ones "
             "refused. A binary model answers benign/malignant; a subtype model (trained with --target subtype) "
-            "also the 8 subtypes A, F, PT, TA (benign) and DC, LC, MC, PC (malignant).",
+            "also the 8 subtypes A, F, PT, TA (benign) and DC, LC, MC, PC (malignant). As a tensor (Open Inference "
+            "Protocol): (height, width, 3) RGB, UINT8 (or FP32 in 0-255, rounded to 8 bits), preprocessed as the "
+            "same image read from a file.",
+            tensor=TensorSpec(
+                name="image",
+                datatypes=("UINT8", "FP32"),
+                shape=(-1, -1, 3),
+                parameters={"layout": "height x width x channels", "channels": "R,G,B", "range": "0-255"},
+            ),
         )
 
     # -- data --------------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from monai.transforms import (
 
 from pipelines.breakhis.config import BreakhisConfig
 from pipelines.common import keys
+from pipelines.common.errors import InputError
 from pipelines.common.io import read_rgb_image
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "augmentations",
     "eval_transforms",
     "predict_transforms",
+    "rgb_from_array",
     "train_transforms",
 ]
 
@@ -56,6 +58,46 @@ logger = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NOTES = "notes"
+
+
+def rgb_from_array(
+    data: Any, name: str, *, max_pixels: int = 100_000_000, min_side: int = 16
+) -> tuple[np.ndarray, list[str]]:
+    """An image given in memory (an Open Inference Protocol tensor) as the RGB uint8 (H, W, 3) that reading an
+    image file gives, under the same size limits as :func:`~pipelines.common.io.read_rgb_image`.
+
+    Args:
+        data: (H, W, 3) RGB: uint8, or floats in 0-255 (rounded to 8 bits, as an image file holds them).
+        name: how messages name it.
+        max_pixels: the most pixels accepted.
+        min_side: the shortest side accepted.
+
+    Returns:
+        ``(array, notes)``: the pixels and the conversions made (floats rounded).
+
+    Raises:
+        InputError: not (H, W, 3), too small or too large, NaN or values outside 0-255.
+    """
+    arr = np.asarray(data)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise InputError(name, f"expected an (height, width, 3) RGB image, got shape {list(arr.shape)}")
+    height, width = int(arr.shape[0]), int(arr.shape[1])
+    if height * width > max_pixels:
+        raise InputError(name, f"{width}×{height} = {height * width:,} pixels, more than the limit {max_pixels:,}")
+    if min(height, width) < min_side:
+        raise InputError(name, f"is {width}×{height} pixels; at least {min_side} pixels on each side are required")
+    if arr.dtype == np.uint8:
+        return np.array(arr, dtype=np.uint8), []
+    if arr.dtype.kind not in "iuf":
+        raise InputError(name, f"an image must hold numbers, got {arr.dtype}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InputError(name, "NaN or infinite values in the image")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo < 0 or hi > 255:
+        raise InputError(name, f"values from {lo:g} to {hi:g}; an RGB image holds 0-255")
+    rgb = np.rint(arr).astype(np.uint8)
+    notes = [] if np.array_equal(rgb, arr) else ["values rounded to 8 bits (0-255)"]
+    return rgb, notes
 
 
 class ReadImaged(MapTransform):

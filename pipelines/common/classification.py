@@ -210,13 +210,21 @@ class ClassificationPredictor(Predictor[OptionsT], abc.ABC):
         probs, extras = self.predict_arrays(x, explain)
         return [{"probs": split_batch(probs, i), **split_batch(extras, i)} for i in range(len(batch))]
 
-    def finish(self, prepared: Prepared, raw: Any, out_dir: Path) -> ItemOutput:
+    def needs_files(self, item: InputItem) -> bool:
+        """Only an explanation needs files (its pictures); a prediction is all in the result's JSON."""
+        return self.wants_explanation(item)
+
+    def finish(self, prepared: Prepared, raw: Any, out_dir: Path | None) -> ItemOutput:
+        """The result JSON; with ``out_dir``, also written as ``<name>.json`` and a row of the run's CSV."""
         self.check_finite(prepared.item, raw["probs"])
-        out_dir.mkdir(parents=True, exist_ok=True)
         name = prepared.item.name
         output = ItemOutput({})
         public = {k: v for k, v in prepared.context.items() if not k.startswith("_")}
         data: dict[str, Any] = {self.id_field: name, **public, **self.head_results(raw["probs"])}
+        if out_dir is None:  # answered from memory (no explanation: see needs_files)
+            output.data = {**data, "files": []}
+            return output
+        out_dir.mkdir(parents=True, exist_ok=True)
         json_path = out_dir / f"{name}.json"
         files = [json_path.name]
         if self.wants_explanation(prepared.item):

@@ -301,7 +301,9 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
             prep.timings["infer"] = time.perf_counter() - t0
         return outs
 
-    def finish(self, prepared: Prepared, raw: Any, out_dir: Path) -> ItemOutput:
+    def finish(self, prepared: Prepared, raw: Any, out_dir: Path | None) -> ItemOutput:
+        if out_dir is None:
+            raise TypeError("a volume's result is its files: finish needs an out_dir (needs_files is true)")
         t0 = time.perf_counter()
         labels, maps = self.postprocess(prepared, raw)
         t1 = time.perf_counter()

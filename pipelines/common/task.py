@@ -43,6 +43,7 @@ __all__ = [
     "Prepared",
     "Task",
     "TaskOptions",
+    "TensorSpec",
     "TrainOptions",
     "expand_paths",
     "get_task",
@@ -71,6 +72,72 @@ class OutputHead:
         return {"name": self.name, "labels": list(self.labels), "activation": self.activation}
 
 
+#: the Open Inference Protocol's tensor datatypes and the NumPy dtype (little-endian) each is read as
+TENSOR_DTYPES: dict[str, str] = {
+    "BOOL": "|b1",
+    "UINT8": "|u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "INT8": "|i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """The input a task takes in memory rather than as files: one tensor of the Open Inference Protocol.
+
+    Each element of a batch of such tensors becomes one :class:`InputItem` whose ``data`` is the array (of
+    ``shape``, in one of ``datatypes``) and whose ``paths`` are empty; the task's ``read`` then preprocesses it
+    exactly as it does the same input read from a file.
+
+    Args:
+        name: the tensor's name (``signal``, ``image``).
+        datatypes: the protocol datatypes accepted (keys of ``TENSOR_DTYPES``); the first is the one the model
+            metadata states.
+        shape: one input's shape, ``-1`` for a dimension of any size (a batch adds a leading dimension).
+        parameters: what a client must know to build it (units, channel order), as protocol parameters
+            (string, number or boolean values).
+        required_options: task options a request must give with the tensor (a signal's ``sampling_rate``).
+
+    Raises:
+        ValueError: an unknown datatype, no datatype, an empty shape or a dimension below -1.
+    """
+
+    name: str
+    datatypes: tuple[str, ...]
+    shape: tuple[int, ...]
+    parameters: dict[str, str | int | float | bool] = field(default_factory=dict, hash=False)
+    required_options: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [d for d in self.datatypes if d not in TENSOR_DTYPES]
+        if not self.datatypes or unknown:
+            raise ValueError(f"tensor {self.name!r}: datatypes must be among {', '.join(TENSOR_DTYPES)}, got {unknown}")
+        if not self.shape or any(int(d) < -1 or int(d) == 0 for d in self.shape):
+            raise ValueError(f"tensor {self.name!r}: shape needs dimensions > 0 or -1, got {list(self.shape)}")
+
+    @property
+    def datatype(self) -> str:
+        """The datatype the model metadata states."""
+        return self.datatypes[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "datatypes": list(self.datatypes),
+            "shape": list(self.shape),
+            "parameters": dict(self.parameters),
+            "required_options": list(self.required_options),
+        }
+
+
 @dataclass(frozen=True)
 class InputContract:
     """What a task accepts and returns, as shown by ``medinfer models`` and ``GET /api/v1/models``.
@@ -82,6 +149,8 @@ class InputContract:
         formats: accepted file formats.
         heads: the model's output heads with their labels.
         notes: anything else a user must know (orientation, spacing, units, rates).
+        tensor: the input as an in-memory tensor (the Open Inference Protocol), for a task whose ``read`` takes
+            ``InputItem.data``; ``None``: files only (volumes, whose geometry comes with their files).
     """
 
     description: str
@@ -90,10 +159,12 @@ class InputContract:
     formats: tuple[str, ...]
     heads: tuple[OutputHead, ...]
     notes: str = ""
+    tensor: TensorSpec | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["heads"] = [h.to_dict() for h in self.heads]
+        out["tensor"] = self.tensor.to_dict() if self.tensor is not None else None
         return out
 
 
@@ -106,12 +177,15 @@ class InputItem:
         paths: the files that make it up, by role (``{"t1": ..., "flair": ...}`` or ``{"record": ...}``).
         explain: also explain this item (per-request switch for the service; ORed with the run's).
         options: this item's task options (per request in the service); ``None``: the predictor's.
+        data: an input given in memory rather than as files (a tensor of the Open Inference Protocol: an ECG
+            signal, an image); ``paths`` is then empty. Only tasks whose ``InputContract.tensor`` is set take one.
     """
 
     name: str
     paths: dict[str, Path]
     explain: bool = False
     options: TaskOptions | None = None
+    data: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -225,6 +299,10 @@ class Predictor(abc.ABC, Generic[OptionsT]):
 
     #: the most prepared inputs ``run`` takes at once
     max_batch: int = 1
+    #: batches ``medinfer predict`` reads and preprocesses ahead of the forward pass (``run_predictions``); 0 runs
+    #: the steps one after the other, which is faster where a small network's forward pass would wait for the
+    #: interpreter lock at every operation while a reading thread holds it
+    prefetch: ClassVar[int] = 2
     #: the task's options model
     options_model: ClassVar[type[TaskOptions]] = TaskOptions
 
@@ -263,8 +341,21 @@ class Predictor(abc.ABC, Generic[OptionsT]):
         """Forward pass on prepared inputs; one raw output per input, in order."""
 
     @abc.abstractmethod
-    def finish(self, prepared: Prepared, raw: Any, out_dir: Path) -> ItemOutput:
-        """Post-process one output into the input's space, write files under ``out_dir``, return the result."""
+    def finish(self, prepared: Prepared, raw: Any, out_dir: Path | None) -> ItemOutput:
+        """Post-process one output into the input's space, write files under ``out_dir``, return the result.
+
+        ``out_dir`` is ``None`` only for an input whose :meth:`needs_files` is false: the result is answered from
+        memory (the service's synchronous predictions) and nothing is written.
+        """
+
+    def needs_files(self, item: InputItem) -> bool:
+        """Whether :meth:`finish` of ``item`` must write files (a mask, a picture): then it gets an ``out_dir``.
+
+        Tasks whose whole result fits in the result's JSON say ``False`` for a plain prediction, so that the
+        service answers it from memory without a result folder, report or CSV. ``finish`` without an ``out_dir``
+        runs in the service's event loop: it must only build the result (no file, no long computation).
+        """
+        return True
 
     def warmup(self) -> None:
         """Run one synthetic input through the model (the service's readiness check)."""
@@ -426,10 +517,23 @@ def list_tasks() -> list[str]:
 def get_task(name: str) -> Task:
     """The registered task called ``name``.
 
+    A task ``name`` lives in ``pipelines/<name>/task.py``: that module alone is imported (a prediction of one
+    task does not load the others' modules and what they import); every task module only when ``name`` is not
+    found there (the suggestions of the error need them all).
+
     Raises:
         ValueError: unknown task (with close suggestions).
     """
-    _discover()
+    if name not in _TASKS and name.isidentifier() and name != "common":
+        module = f"pipelines.{name}.task"
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # no package pipelines.<name>
+            found = False
+        if found:
+            importlib.import_module(module)
+    if name not in _TASKS:
+        _discover()
     if name not in _TASKS:
         close = difflib.get_close_matches(name, list(_TASKS), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known tasks: {', '.join(sorted(_TASKS))}"

@@ -9,16 +9,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.protoecgnet import BRANCH_NAMES, ProtoECGNet
+from models.protoecgnet import BRANCH_NAMES, LEADS, ProtoECGNet
 from pipelines.common.classification import ClassificationPredictor, Head, head_thresholds
 from pipelines.common.errors import InputError
 from pipelines.common.task import InputItem, ItemOutput, Prepared
 from pipelines.ecg.config import EcgOptions
 from pipelines.ecg.explain import plot_explanation, top_prototypes
-from pipelines.ecg.readers import read_record
-from pipelines.ecg.transforms import preprocess_signal
+from pipelines.ecg.readers import MAX_READ_SECONDS, EcgRecord, read_record, unit_scale_to_mv
+from pipelines.ecg.transforms import check_sampling_rate, preprocess_signal
 
-__all__ = ["HEAD", "PREDICTIONS_CSV", "EcgPredictor", "synthetic_waveform"]
+__all__ = ["HEAD", "PREDICTIONS_CSV", "EcgPredictor", "record_from_array", "synthetic_waveform"]
 
 PREDICTIONS_CSV = "predictions.csv"
 #: the one output head: the 71 PTB-XL statements, reported grouped by branch
@@ -39,6 +39,38 @@ def synthetic_waveform(seconds: float = 10.0, fs: float = 100.0, rate_bpm: float
     return gains * beat[None, :]
 
 
+def record_from_array(signal: Any, sampling_rate: float | None, signal_unit: str | None, name: str) -> EcgRecord:
+    """A record given in memory (an Open Inference Protocol tensor): (12, n) in the model's lead order, read as an
+    NPY record of the same values is (the central ``MAX_READ_SECONDS``, scaled to mV), so that both give the same
+    model input.
+
+    Args:
+        signal: (12, n) numbers, leads in the order of ``models.protoecgnet.LEADS``.
+        sampling_rate: its rate in Hz (required: an array carries none).
+        signal_unit: its unit (default mV).
+        name: how messages name it.
+
+    Raises:
+        InputError: no or a refused rate, an unknown unit, not (12, n) numbers.
+    """
+    if sampling_rate is None:
+        raise InputError(name, "a signal given as a tensor carries no sampling rate; give the sampling_rate parameter")
+    fs = check_sampling_rate(sampling_rate, name)
+    scale = unit_scale_to_mv(signal_unit or "mV", name)
+    arr = np.asarray(signal)
+    if arr.dtype.kind not in "iuf":
+        raise InputError(name, f"a signal must hold numbers, got {arr.dtype}")
+    if arr.ndim != 2 or arr.shape[0] != len(LEADS):
+        raise InputError(
+            name, f"expected a (12, samples) signal in the model's lead order, got shape {list(arr.shape)}"
+        )
+    n = arr.shape[1]
+    window = min(n, round(MAX_READ_SECONDS * fs))
+    start = (n - window) // 2
+    values = np.array(arr[:, start : start + window], dtype=np.float64)
+    return EcgRecord(values * scale, fs, None, Path(name), n)
+
+
 class EcgPredictor(ClassificationPredictor[EcgOptions]):
     """ProtoECGNet predictor: records in batches of ``batch_size``; probabilities and decisions by branch.
 
@@ -52,6 +84,8 @@ class EcgPredictor(ClassificationPredictor[EcgOptions]):
     """
 
     options_model = EcgOptions
+    #: sequential: on 2 cores, reading ahead made `medinfer predict ecg` 10-15% slower (benchmarks/ecg_predict.py)
+    prefetch = 0
     id_field = "record"
     csv_name = PREDICTIONS_CSV
 
@@ -75,8 +109,14 @@ class EcgPredictor(ClassificationPredictor[EcgOptions]):
 
     # -- the task's own steps ----------------------------------------------------------------------------------
     def read(self, item: InputItem, options: EcgOptions) -> tuple[np.ndarray, dict[str, Any]]:
-        path = next(iter(item.paths.values()))
-        rec = read_record(path, options.sampling_rate, options.signal_unit)
+        """A record file, or a signal given in memory (``item.data``: see :func:`record_from_array`), preprocessed
+        by the one rule set (``preprocess_signal``)."""
+        if item.data is not None:
+            path: str | Path = item.name
+            rec = record_from_array(item.data, options.sampling_rate, options.signal_unit, item.name)
+        else:
+            path = next(iter(item.paths.values()))
+            rec = read_record(path, options.sampling_rate, options.signal_unit)
         x = preprocess_signal(rec.signal, rec.fs, rec.leads, path, target_fs=self.fs, highpass_hz=self.highpass_hz)
         context: dict[str, Any] = {"input_fs": rec.fs, "input_seconds": round(rec.seconds, 3)}
         warnings = list(rec.warnings)
@@ -89,14 +129,17 @@ class EcgPredictor(ClassificationPredictor[EcgOptions]):
             context["warnings"] = warnings
         return x, context
 
-    def finish(self, prepared: Prepared, raw: Any, out_dir: Path) -> ItemOutput:
+    def finish(self, prepared: Prepared, raw: Any, out_dir: Path | None) -> ItemOutput:
         """The result of one record; prototype similarities with NaN or infinity are this record's error, never
         JSON (the probabilities are checked by ``ClassificationPredictor.check_finite``)."""
         if self.wants_explanation(prepared.item):
             extras = [raw.get("sims"), *(raw.get("windows") or {}).values()]
             if any(v is not None and not np.all(np.isfinite(np.asarray(v, dtype=np.float64))) for v in extras):
-                path = next(iter(prepared.item.paths.values()))
-                raise InputError(path, "the model's prototype similarities are not finite (NaN or inf) for this record")
+                item = prepared.item
+                shown = next(iter(item.paths.values())) if item.paths else item.name
+                raise InputError(
+                    shown, "the model's prototype similarities are not finite (NaN or inf) for this record"
+                )
         return super().finish(prepared, raw, out_dir)
 
     def forward(self, x: torch.Tensor, explain: Any) -> tuple[dict[str, Any], dict[str, Any]]:

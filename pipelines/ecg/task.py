@@ -17,6 +17,7 @@ from pipelines.common.task import (
     PredictOptions,
     Predictor,
     Task,
+    TensorSpec,
     expand_paths,
     register_task,
 )
@@ -77,7 +78,20 @@ class EcgTask(Task):
             f"the rate must convert exactly to the model's {SAMPLING_RATE:g} Hz; at most the central "
             f"{MAX_READ_SECONDS:g} s are read (CSV: the first {MAX_READ_SECONDS:g} s); longer records: central 10 s; "
             "8-10 s: zero-padded; a missing lead, NaN, amplitudes beyond an ECG in mV (uV labelled mV), a flat lead "
-            "or < 8 s is an error.",
+            "or < 8 s is an error. As a tensor (Open Inference Protocol): (12, samples) in the lead order above, in "
+            "mV unless signal_unit says otherwise, with its sampling_rate; read and preprocessed as an NPY record.",
+            tensor=TensorSpec(
+                name="signal",
+                datatypes=("FP32", "FP64"),
+                shape=(len(LEADS), -1),
+                parameters={
+                    "layout": "leads x samples",
+                    "leads": ",".join(LEADS),
+                    "unit": "mV",
+                    "sampling_rate": f"required, {MIN_FS:g}-{MAX_FS:g} Hz",
+                },
+                required_options=("sampling_rate",),
+            ),
         )
 
     def generate(self, out_dir: Path, n: int, seed: int, dicom: bool, variant: str | None) -> tuple[Path, dict]:

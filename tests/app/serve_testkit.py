@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -276,3 +276,12 @@ def wait_job(
         if time.monotonic() > deadline:
             raise AssertionError(f"job stuck: {body}")
         time.sleep(0.02)
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``cond`` until it holds (work that ends after the response: a request's folder is removed by the
+    service's cleanup thread once every thread working for it has returned)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)

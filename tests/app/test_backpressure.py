@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import serve_testkit
 from fastapi.testclient import TestClient
-from serve_testkit import AddOnePredictor, AddOneTask, npy_bytes
+from serve_testkit import AddOnePredictor, AddOneTask, npy_bytes, wait_until
 
 from app.batching import DynamicBatcher, FairPool, WorkLedger, when_all_released
 from app.errors import QueueFullError
@@ -33,13 +33,6 @@ from pipelines.common.task import InputItem, Prepared, register_task
 
 PREDICT = "/api/v1/models/addone/predict"
 BLOCK = 7.0  # an input whose first value is this blocks in prepare until the gate opens
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)
 
 
 async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from medinfer_testlib import zip_bytes
-from serve_testkit import npy_bytes
+from serve_testkit import npy_bytes, wait_until
 
 RNG = np.random.default_rng(0)
 NOISE = RNG.integers(0, 256, 4096, dtype=np.uint8).tobytes()
@@ -152,7 +152,7 @@ def test_server_healthy_after_the_whole_corpus(client: TestClient, settings: Any
     assert 'medinfer_request_failures_total{code="400",task="addone"}' in metrics
     # nothing escaped the private upload folder, and no upload is left behind
     tmp = Path(settings.data_dir) / "tmp"
-    assert list(tmp.iterdir()) == []
+    wait_until(lambda: list(tmp.iterdir()) == [])
     assert not (Path(settings.data_dir).parent / "evil.npy").exists()
 
 

@@ -38,9 +38,26 @@ def test_wfdb_pair(ecg_client: TestClient, record: Path) -> None:
     probs = res["outputs"]["probabilities"]
     assert sum(len(v) for v in probs.values()) == 71
     assert all(0.0 <= p <= 1.0 for branch in probs.values() for p in branch.values())
+    # the whole result is in the answer: nothing was kept (no folder, report, CSV or record)
+    assert r.json()["id"] is None
+    assert res["files"] == []
+    assert r.json()["files"] == []
+
+
+def test_save_keeps_the_result_as_files(ecg_client: TestClient, record: Path) -> None:
+    plain = ecg_client.post(PREDICT, files=wfdb_files(record)).json()["results"][0]
+    r = ecg_client.post(PREDICT, files=wfdb_files(record), params={"save": "true"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    (res,) = body["results"]
+    assert plain["outputs"].pop("files") == []
+    assert res["outputs"].pop("files") == ["input-000.json"]
+    assert res["outputs"] == plain["outputs"]  # the same answer, kept as files as well
     (result,) = [f for f in res["files"] if f["role"] == "result"]
-    assert result["url"].startswith("/api/v1/jobs/")
+    assert result["url"].startswith(f"/api/v1/jobs/{body['id']}/files/")
     assert ecg_client.get(result["url"]).json()["record"] == res["outputs"]["record"]
+    kept = {f["name"] for f in body["files"]}
+    assert {"report.json", "report.csv", "predictions.csv"} <= kept
 
 
 def test_explain_gives_prototypes(ecg_client: TestClient, record: Path) -> None:

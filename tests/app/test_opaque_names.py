@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from serve_testkit import npy_bytes
+from serve_testkit import npy_bytes, wait_until
 
 from app.settings import Settings
 
@@ -162,7 +162,7 @@ def test_planted_identifiers_reach_no_response_file_log_or_row(
     assert_clean(repr(rows), "the job database")
     # the data folder: no stored file or folder is named after an input; no upload is left behind
     assert_clean("\n".join(str(p.relative_to(data)) for p in data.rglob("*")), "the data folder")
-    assert not any((data / "tmp").iterdir())
+    wait_until(lambda: not any((data / "tmp").iterdir()))
     # the logs: messages and every record's fields
     assert_clean(caplog.text, "logs")
     assert_clean("\n".join(f"{r.pathname} {r.getMessage()} {r.args!r}" for r in caplog.records), "log records")

@@ -37,7 +37,12 @@ def test_readyz_503_with_states_when_a_model_is_missing(
     try:
         r = client.get("/readyz")
         assert r.status_code == 503
-        assert r.json()["models"]["addone"] == {"state": "failed", "device": None, "error": "no checkpoint installed"}
+        assert r.json()["models"]["addone"] == {
+            "state": "failed",
+            "device": None,
+            "error": "no checkpoint installed",
+            "torch_threads": None,
+        }
         r = client.post("/api/v1/models/addone/predict", files={"files": ("a.npy", b"x")})
         assert r.status_code == 503
         assert r.json()["error"]["code"] == "not_ready"
