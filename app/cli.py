@@ -1,15 +1,24 @@
-"""``medinfer``: the command-line face. Commands parse options and call ``pipelines``; nothing task-specific."""
+"""``medinfer``: the command-line face. Commands parse options and call ``pipelines``; nothing task-specific.
+
+Only typer is imported here: each command imports what it needs when it runs, so that ``medinfer --help``,
+``--version`` and usage errors answer at once, without torch.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+#: wall-clock time this module was imported: the process start where the OS does not tell it
+_IMPORTED_AT = time.time()
 
 app = typer.Typer(
     name="medinfer",
@@ -21,6 +30,21 @@ app = typer.Typer(
 logger = logging.getLogger("medinfer")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def process_started_at() -> float:
+    """Wall-clock time (``time.time()``) this process started: from ``/proc`` on Linux (10 ms resolution), else
+    when this module was imported (which leaves out the interpreter's own start)."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as fh:
+            # the command name (field 2) may hold spaces: count from the last ")"; starttime is field 22
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as fh:
+            uptime = float(fh.read().split()[0])
+        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return _IMPORTED_AT
+    return min(_IMPORTED_AT, time.time() - max(0.0, age))
 
 
 def _echo_err(msg: str) -> None:
@@ -79,9 +103,23 @@ def _task_options(task: Any, tokens: list[str], *, train: bool = False) -> tuple
     return options, rest
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"medinfer {version('medinfer')}")
+        except PackageNotFoundError:
+            typer.echo("medinfer (not installed; version unknown)")
+        raise typer.Exit(EXIT_OK)
+
+
 @app.callback()
 def main_callback(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress to stderr.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """medinfer: research tool; not a medical device, not for diagnosis."""
     # library deprecation notices are for developers, not for people running predictions
@@ -243,8 +281,18 @@ def predict_cmd(
     continue_on_error: Annotated[
         bool, typer.Option("--continue-on-error", help="Keep going after a failed input.")
     ] = False,
+    prefetch: Annotated[
+        int | None,
+        typer.Option(
+            "--prefetch",
+            min=0,
+            help="Batches read and preprocessed (in threads) while the current one runs; 0: one step after the "
+            "other. Default: the task's own choice (2 unless it says otherwise).",
+        ),
+    ] = None,
 ) -> None:
     """Predict on inputs; one result per input plus report.json and report.csv. Exit 1 if any input failed."""
+    started_at = process_started_at()
     from tqdm import tqdm
 
     from pipelines.common.errors import InputError
@@ -266,8 +314,17 @@ def predict_cmd(
         raise _usage_error("no inputs found")
     with tqdm(total=len(collected), desc=f"predict {task}", unit="input", file=sys.stderr, disable=None) as bar:
         report = run_predictions(
-            predictor, collected, out, task=task, continue_on_error=continue_on_error, progress=bar.update
+            predictor,
+            collected,
+            out,
+            task=task,
+            continue_on_error=continue_on_error,
+            progress=bar.update,
+            prefetch=prefetch,
+            started_at=started_at,
         )
+    if report.startup_s is not None:
+        logger.info("first input read %.2f s after the process started", report.startup_s)
     counts = report.to_dict()["counts"]
     typer.echo(
         f"{counts['ok']} ok, {counts['error']} failed, {counts['skipped']} skipped; report: {out / 'report.json'}"
