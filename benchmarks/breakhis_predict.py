@@ -14,7 +14,6 @@ alone on a loaded model. The service is the real one (``medinfer serve`` under u
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
@@ -26,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_load import load, serve  # the service harness shared with the ECG load benchmark
+import _http
+from serve_load import HOST, Requests, check_predict, run_load, serve  # the harness of the ECG load benchmark
 
 
 def checkpoint(work: Path, preset: str, path: str | None) -> Path:
@@ -105,16 +105,19 @@ def main() -> None:
         "in_process": [in_process_rate(images, ckpt, work / f"inproc{b}", b, args.device) for b in args.batch_sizes],
     }
     sample = next(images.rglob("*.png"))
-    files = [("files", (sample.name, sample.read_bytes()))]
+    body, ctype = _http.multipart_body([("files", sample.name, sample.read_bytes())])
+    path = "/api/v1/models/breakhis/predict"
+    message = _http.request_bytes("POST", path, HOST, body, {"Content-Type": ctype})
+    req = Requests(path, [message], [body], [{"Content-Type": ctype}], b'"status":"ok"', check_predict)
     service: dict[str, Any] = {}
     for label, max_batch in (("batching", args.max_batch_size), ("no_batching", 1)):
-        proc, base = serve(
-            "breakhis", ckpt.parent, work / f"service-{label}", max_batch, args.max_batch_delay_ms,
-            max(args.clients) * 2, work / f"server-{label}.log", args.device,
+        proc, port = serve(
+            ckpt.parent, work / f"service-{label}", max_batch, args.max_batch_delay_ms, max(args.clients) * 2,
+            work / f"server-{label}.log", task="breakhis", device=args.device,
         )  # fmt: skip
         try:
-            asyncio.run(load(base, "breakhis", files, 2, 2.0))  # warm the server's paths
-            runs = [asyncio.run(load(base, "breakhis", files, n, args.duration)) for n in args.clients]
+            run_load(port, req, 2, 2.0, "asyncio", task="breakhis")  # warm the server's paths
+            runs = [run_load(port, req, n, args.duration, "asyncio", task="breakhis") for n in args.clients]
             service[label] = {"max_batch_size": max_batch, "runs": runs}
         finally:
             proc.terminate()
