@@ -287,7 +287,8 @@ def predict_cmd(
             "--prefetch",
             min=0,
             help="Batches read and preprocessed (in threads) while the current one runs; 0: one step after the "
-            "other. Default: the task's own choice (2 unless it says otherwise).",
+            "other. Default: the task's own choice (2 unless it says otherwise) on a GPU or where cores are left "
+            "beside torch's threads, else 0.",
         ),
     ] = None,
 ) -> None:

@@ -223,8 +223,10 @@ async def _infer(task: str, request: Request, service: Service, version: str | N
     if rt.task.contract.tensor is None:
         raise oip.files_only(rt)
     body = await request.body()
-    tensors = oip.decode_request(body, request.headers.get(oip.HEADER_LENGTH), rt)
     admission = getattr(request.state, "admission", None)
+    # decoding a JSON tensor (tens of thousands of numbers) would hold the event loop: a decode thread does it
+    header = request.headers.get(oip.HEADER_LENGTH)
+    tensors = await rt.in_pool(oip.decode_request, body, header, rt, claim=admission, stage="parse")
     outcomes = await until_disconnect(request, oip.run(rt, tensors, service.settings, admission))
     oip.check_outcomes(outcomes)
     return oip.response(rt, tensors, outcomes)

@@ -179,7 +179,8 @@ class Overlapping(Toy):
 
 def test_prepare_and_finish_overlap_the_forward_pass(tmp_path: Path) -> None:
     predictor = Overlapping(6)
-    report = run_predictions(predictor, _items(tmp_path / "in", [str(i) for i in range(6)]), tmp_path / "o", task="t")
+    items = _items(tmp_path / "in", [str(i) for i in range(6)])
+    report = run_predictions(predictor, items, tmp_path / "o", task="t", prefetch=2)
     assert report.ok
     assert predictor.seen == [(k, True, True) for k in range(6)]
     assert _live_threads() == []
@@ -308,6 +309,26 @@ def test_the_predictor_chooses_the_default_prefetch(tmp_path: Path) -> None:
     told = MainThreadOnly()
     run_predictions(told, items, tmp_path / "b", task="t", prefetch=1)  # an explicit prefetch wins
     assert {name.rsplit("_", 1)[0] for name in told.threads} == {f"{THREAD_PREFIX}-prepare", f"{THREAD_PREFIX}-finish"}
+
+
+@pytest.mark.parametrize(
+    ("device", "cores", "torch_threads", "expected"),
+    [("cpu", 2, 2, 0), ("cpu", 4, 2, 2), ("cuda", 2, 2, 2), ("cpu", 1, 1, 0)],
+)
+def test_reading_ahead_needs_a_core_of_its_own(
+    monkeypatch: pytest.MonkeyPatch, device: str, cores: int, torch_threads: int, expected: int
+) -> None:
+    """By default a predictor reads ahead on a GPU, or on a CPU with cores beside torch's threads; else not."""
+    import torch
+
+    import pipelines.common.predict as runner
+
+    monkeypatch.setattr(runner, "usable_cores", lambda: cores)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: torch_threads)
+    predictor = Toy(1)
+    predictor.device = torch.device(device)  # type: ignore[attr-defined]
+    assert predictor.prefetch == 2
+    assert runner.default_prefetch(predictor) == expected
 
 
 def test_bad_pipeline_settings_are_refused(tmp_path: Path) -> None:
