@@ -34,7 +34,7 @@ from pipelines.common.checkpoint import Checkpoint, installed_checkpoint, load_c
 from pipelines.common.config import TaskOptions
 from pipelines.common.device import resolve_device
 from pipelines.common.errors import InputError
-from pipelines.common.predict import ItemResult
+from pipelines.common.predict import ItemResult, usable_cores
 from pipelines.common.task import InputItem, ItemOutput, PredictOptions, Predictor, Prepared, Task, get_task
 
 logger = logging.getLogger(__name__)
@@ -43,14 +43,6 @@ T = TypeVar("T")
 MB = 1024 * 1024
 #: seconds between tries of a job's input for a place in a full queue
 SLOT_POLL_S = 0.05
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def torch_threads(settings: Settings) -> int:

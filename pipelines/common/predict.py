@@ -210,10 +210,10 @@ def unique_names(items: Iterable[InputItem], reserved: Iterable[str] = ()) -> li
 
 
 def usable_cores() -> int:
-    """CPU cores this process may run on."""
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
     try:
         return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
+    except (AttributeError, OSError):  # not on Linux
         return os.cpu_count() or 1
 
 
