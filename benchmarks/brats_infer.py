@@ -40,7 +40,7 @@ from monai.inferers import SlidingWindowInferer
 
 from pipelines.brats.synthetic import make_case
 from pipelines.common.checkpoint import save_checkpoint
-from pipelines.common.predict import DEFAULT_PREFETCH
+from pipelines.common.predict import DEFAULT_PREFETCH, default_prefetch
 
 BRATS_SHAPE = (240, 240, 155)
 STAGES = ("read", "preprocess", "infer", "postprocess", "write")
@@ -129,6 +129,7 @@ def main() -> None:
     from pipelines.common.task import InputItem, PredictOptions
 
     predictor = BratsPredictor(load_checkpoint(ckpt_path), PredictOptions(device=args.device))
+    default_mode = "pipelined" if default_prefetch(predictor) else "sequential"
     roles = ("t1", "t1ce", "t2", "flair")
     inferred = []
     for case in cases:
@@ -172,8 +173,10 @@ def main() -> None:
                     folder["pipelined"]["end_to_end_s"] / folder["sequential"]["end_to_end_s"], 3
                 ),
                 "goal": {
-                    "what": "folder end to end (pipelined) over the bare compute (<= 1.2)",
-                    "value": folder["pipelined"]["over_compute"],
+                    "what": "folder end to end over the bare compute (<= 1.2), in the mode medinfer predict takes "
+                    "by default here (pipelined only where reading ahead has a core of its own)",
+                    "default_mode": default_mode,
+                    "value": folder[default_mode]["over_compute"],
                 },
                 "peak_child_rss_mb": round(peak_child_mb, 1),
             },
