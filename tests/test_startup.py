@@ -31,7 +31,13 @@ print(json.dumps({"code": code, "imported": [m for m in HEAVY if m in sys.module
 def _probe(args: list[str]) -> dict:
     code = PROBE.replace("HEAVY", repr(HEAVY))
     res = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, cwd=ROOT, timeout=120
+        [sys.executable, "-c", code, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        cwd=ROOT,
+        timeout=120,
     )
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -60,7 +66,13 @@ def test_version_is_the_installed_one() -> None:
     from importlib.metadata import version
 
     res = subprocess.run(
-        [sys.executable, "-m", "app.cli", "--version"], capture_output=True, text=True, cwd=ROOT, timeout=120
+        [sys.executable, "-m", "app.cli", "--version"],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        cwd=ROOT,
+        timeout=120,
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == f"medinfer {version('medinfer')}"
@@ -73,7 +85,15 @@ def test_process_start_is_before_the_cli_was_imported() -> None:
         "import time; time.sleep(0.5); t = time.time(); from app.cli import process_started_at; "
         "print(t - process_started_at())"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        cwd=ROOT,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     before_import = float(res.stdout)
     if Path("/proc/self/stat").is_file():
@@ -94,7 +114,15 @@ def test_a_task_is_found_without_importing_the_others() -> None:
         "except ValueError as exc:\n"
         "    print(exc)\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        cwd=ROOT,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     loaded, message = res.stdout.strip().splitlines()[-2:]
     assert loaded == "['pipelines.common.task', 'pipelines.ecg.task']"

@@ -376,6 +376,8 @@ def test_reading_a_record_does_not_import_wfdb(tmp_path: Path) -> None:
         cwd=REPO,
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=120,
         check=False,
     )
