@@ -15,7 +15,7 @@ from pipelines.common.errors import InputError
 from pipelines.common.task import InputItem, ItemOutput, Prepared
 from pipelines.ecg.config import EcgOptions
 from pipelines.ecg.explain import plot_explanation, top_prototypes
-from pipelines.ecg.readers import MAX_READ_SECONDS, EcgRecord, read_record, unit_scale_to_mv
+from pipelines.ecg.readers import EcgRecord, central_window, read_record, unit_scale_to_mv
 from pipelines.ecg.transforms import check_sampling_rate, preprocess_signal
 
 __all__ = ["HEAD", "PREDICTIONS_CSV", "EcgPredictor", "record_from_array", "synthetic_waveform"]
@@ -64,11 +64,7 @@ def record_from_array(signal: Any, sampling_rate: float | None, signal_unit: str
         raise InputError(
             name, f"expected a (12, samples) signal in the model's lead order, got shape {list(arr.shape)}"
         )
-    n = arr.shape[1]
-    window = min(n, round(MAX_READ_SECONDS * fs))
-    start = (n - window) // 2
-    values = np.array(arr[:, start : start + window], dtype=np.float64)
-    return EcgRecord(values * scale, fs, None, Path(name), n)
+    return EcgRecord(central_window(arr, fs) * scale, fs, None, Path(name), arr.shape[1])
 
 
 class EcgPredictor(ClassificationPredictor[EcgOptions]):

@@ -55,6 +55,7 @@ __all__ = [
     "LeadConflictError",
     "WfdbHeader",
     "WfdbSignal",
+    "central_window",
     "dicom_channel_lead",
     "parse_wfdb_header",
     "read_array",
@@ -188,6 +189,13 @@ def _window(n: int, fs: float) -> tuple[int, int]:
     w = min(n, round(MAX_READ_SECONDS * fs))
     start = (n - w) // 2
     return start, start + w
+
+
+def central_window(leads_first: np.ndarray, fs: float) -> np.ndarray:
+    """A float64 copy of the central ``MAX_READ_SECONDS`` of a (leads, n) array (a view or a memory map: only
+    the window is copied)."""
+    start, stop = _window(leads_first.shape[1], fs)
+    return np.array(leads_first[:, start:stop], dtype=np.float64)
 
 
 def _no_unit_warning(channels: list[str]) -> str:
@@ -753,16 +761,12 @@ def _read_npy(path: Path, fs: float) -> tuple[np.ndarray, int]:
     if arr.ndim != 2:
         raise InputError(path, f"expected a 2D array, got shape {arr.shape}")
     if arr.shape[0] == len(LEADS):
-        n = arr.shape[1]
-        start, stop = _window(n, fs)
-        out = np.array(arr[:, start:stop], dtype=np.float64)
+        leads_first = arr
     elif arr.shape[1] == len(LEADS):
-        n = arr.shape[0]
-        start, stop = _window(n, fs)
-        out = np.array(arr[start:stop].T, dtype=np.float64)
+        leads_first = arr.T
     else:
         raise InputError(path, f"expected 12 leads in canonical order, got shape {arr.shape}")
-    return out, n
+    return central_window(leads_first, fs), leads_first.shape[1]
 
 
 def read_array(path: str | Path, sampling_rate: float | None, signal_unit: str | None = None) -> EcgRecord:
