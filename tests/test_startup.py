@@ -28,10 +28,11 @@ print(json.dumps({"code": code, "imported": [m for m in HEAVY if m in sys.module
 """
 
 
-def _probe(args: list[str]) -> dict:
-    code = PROBE.replace("HEAVY", repr(HEAVY))
+def _python(*args: str) -> str:
+    """The standard output of a fresh interpreter run in the repository with ``args`` (which must succeed),
+    decoded as UTF-8 whatever the locale (CI's is ASCII; typer's help draws box characters)."""
     res = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(args)],
+        [sys.executable, *args],
         capture_output=True,
         text=True,
         encoding="utf-8",
@@ -40,7 +41,12 @@ def _probe(args: list[str]) -> dict:
         timeout=120,
     )
     assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return res.stdout
+
+
+def _probe(args: list[str]) -> dict:
+    out = _python("-c", PROBE.replace("HEAVY", repr(HEAVY)), json.dumps(args))
+    return json.loads(out.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize(
@@ -65,17 +71,8 @@ def test_light_commands_import_nothing_heavy(args: list[str], code: int) -> None
 def test_version_is_the_installed_one() -> None:
     from importlib.metadata import version
 
-    res = subprocess.run(
-        [sys.executable, "-m", "app.cli", "--version"],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        cwd=ROOT,
-        timeout=120,
-    )
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == f"medinfer {version('medinfer')}"
+    stdout = _python("-m", "app.cli", "--version")
+    assert stdout.strip() == f"medinfer {version('medinfer')}"
 
 
 def test_process_start_is_before_the_cli_was_imported() -> None:
@@ -85,17 +82,8 @@ def test_process_start_is_before_the_cli_was_imported() -> None:
         "import time; time.sleep(0.5); t = time.time(); from app.cli import process_started_at; "
         "print(t - process_started_at())"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        cwd=ROOT,
-        timeout=120,
-    )
-    assert res.returncode == 0, res.stderr
-    before_import = float(res.stdout)
+    stdout = _python("-c", code)
+    before_import = float(stdout)
     if Path("/proc/self/stat").is_file():
         assert 0.45 <= before_import < 60.0
     else:
@@ -114,16 +102,7 @@ def test_a_task_is_found_without_importing_the_others() -> None:
         "except ValueError as exc:\n"
         "    print(exc)\n"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        cwd=ROOT,
-        timeout=120,
-    )
-    assert res.returncode == 0, res.stderr
-    loaded, message = res.stdout.strip().splitlines()[-2:]
+    stdout = _python("-c", code)
+    loaded, message = stdout.strip().splitlines()[-2:]
     assert loaded == "['pipelines.common.task', 'pipelines.ecg.task']"
     assert message == "unknown task 'ecgg'; did you mean ecg?"
