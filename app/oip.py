@@ -20,7 +20,6 @@ tensor request for one is refused, pointing at the file routes.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -454,17 +453,7 @@ async def run(rt: ModelRuntime, request: TensorRequest, settings: Settings, admi
     ]
     claims = rt.ledger.claim_each([it.size for it in items], replacing=admission)
     try:
-        tasks = [  # no out_dir and no upload_dir: answered from memory, nothing written
-            asyncio.ensure_future(rt.predict_item(it, None, None, wait_for_slot=False, claim=c))
-            for it, c in zip(items, claims, strict=True)
-        ]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for t in tasks:  # a full queue (or a disconnect) for one input ends the request
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        return await rt.predict_request(items, claims, None, None)  # answered from memory, nothing written
     finally:
         for c in claims:
             c.let_go()  # each input's threads and batch hold it on their own until they return

@@ -521,6 +521,29 @@ class ModelRuntime:
         finally:
             own.let_go()
 
+    async def predict_request(
+        self, items: list[ServedItem], claims: list[Claim], out_dir: Path | None, upload_dir: Path | None
+    ) -> list[Outcome]:
+        """The inputs of one synchronous request, each with its claim, at once (:meth:`predict_item`).
+
+        A full queue (or a disconnect) for one input ends the request: its other inputs are cancelled too, and
+        the error propagates.
+
+        Raises:
+            QueueFullError: the queue is full for one of them.
+        """
+        tasks = [
+            asyncio.ensure_future(self.predict_item(it, out_dir, upload_dir, wait_for_slot=False, claim=c))
+            for it, c in zip(items, claims, strict=True)
+        ]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
     async def _predict(
         self, item: ServedItem, out_dir: Path | None, upload_dir: Path | None, claim: Claim, *, wait_for_slot: bool
     ) -> Outcome:

@@ -373,18 +373,7 @@ class Service:
             if not in_memory:
                 out_dir.mkdir(parents=True)
             where = None if in_memory else out_dir
-            tasks = [
-                asyncio.ensure_future(rt.predict_item(it, where, upload_dir, wait_for_slot=False, claim=c))
-                for it, c in zip(items, claims, strict=True)
-            ]
-            try:
-                outcomes = [*failed, *await asyncio.gather(*tasks)]
-            except BaseException:
-                # a full queue (or a disconnect) for one input ends the request: stop its other inputs too
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                raise
+            outcomes = [*failed, *await rt.predict_request(items, claims, where, upload_dir)]
         except BaseException:
             when_all_released([ticket, *claims], self._remove_later(store.job_dir(job_id)))
             raise
