@@ -1,7 +1,9 @@
 """``medinfer``: the command-line face. Commands parse options and call ``pipelines``; nothing task-specific.
 
-Only typer is imported here: each command imports what it needs when it runs, so that ``medinfer --help``,
-``--version`` and usage errors answer at once, without torch.
+Only typer and the task catalog (:mod:`pipelines.common.catalog`: which tasks exist, found without importing one)
+are imported here: each command imports what it needs when it runs, so that ``medinfer --help``, ``--version``
+and usage errors answer at once, without torch. An unknown task, task flag or option value is refused before the
+task loads, with the task's own options models (its torch-free ``options`` module).
 """
 
 from __future__ import annotations
@@ -16,16 +18,24 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
+
+from pipelines.common.catalog import task_names
 
 #: wall-clock time this module was imported: the process start where the OS does not tell it
 _IMPORTED_AT = time.time()
 
+TASK_HELP = f"Task: {', '.join(task_names())}."
+
 app = typer.Typer(
     name="medinfer",
-    help="Train, run and serve four published medical-imaging models. Not a medical device.",
+    help=f"Train, evaluate, run and serve published medical-imaging models, one per task: {', '.join(task_names())}. "
+    "Research use: not a medical device, not for diagnosis.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # click's plain help: rich's tables cut option names and help with "…" on narrow terminals
+    rich_markup_mode=None,
 )
 logger = logging.getLogger("medinfer")
 
@@ -56,9 +66,78 @@ def _usage_error(msg: str) -> typer.Exit:
     return typer.Exit(EXIT_USAGE)
 
 
+def task_options_help(*, train: bool) -> str:
+    """The epilog of a command that takes task options: each task's flags, from its options models (which import
+    neither torch nor the task)."""
+    from pipelines.common.catalog import options_models
+
+    lines = []
+    for task in task_names():
+        model = options_models(task)[1 if train else 0]
+        flags = ", ".join(
+            f"--{name.replace('_', '-')}"
+            + (f"/--no-{name.replace('_', '-')}" if field.annotation is bool else " VALUE")
+            for name, field in model.model_fields.items()
+        )
+        lines.append(f"  {task}: {flags or 'none'}")
+    return (
+        "Task options: each task declares its own flags (their types, defaults and help: `medinfer models`); "
+        "any option can also be given as --option KEY=VALUE.\n\n\b\n" + "\n".join(lines)
+    )
+
+
+class _TaskOptionsCommand(typer.core.TyperCommand):
+    """A command taking task options: its help ends with every task's flags, read when help is asked for (reading
+    the options models at import would double the time ``medinfer --help`` takes)."""
+
+    train: bool = False
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self.epilog = task_options_help(train=self.train)
+        super().format_help(ctx, formatter)
+
+
+class _TrainOptionsCommand(_TaskOptionsCommand):
+    """``medinfer train``: its help lists every task's training flags."""
+
+    train = True
+
+
+def _check_task(name: str) -> None:
+    """Refuse an unknown task at once, naming the known ones (no task module is imported): the task packages on
+    disk and the tasks registered at run time (:func:`pipelines.common.catalog.task_names`)."""
+    names = task_names()
+    if name in names:
+        return
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise _usage_error(f"unknown task {name!r}{hint} (tasks: {', '.join(names)})")
+
+
+def _check_task_args(task: str, tokens: list[str], *, train: bool = False) -> list[str]:
+    """Refuse an unknown task, an unknown task flag or an invalid value at once, before the task (and torch) is
+    imported, with the task's own options models (:func:`pipelines.common.catalog.options_models`); return the
+    tokens that are not task flags."""
+    _check_task(task)
+    from app.task_args import TaskArgsError, parse_task_args
+    from pipelines.common.catalog import options_models
+    from pipelines.common.config import ConfigError
+
+    model = options_models(task)[1 if train else 0]
+    try:
+        values, rest = parse_task_args(model, tokens, f"task {task}")
+        model.parse(values, f"task {task}")
+    except (TaskArgsError, ConfigError) as exc:
+        raise _usage_error(str(exc)) from exc
+    return rest
+
+
 def _task(name: str) -> Any:
     from pipelines.common.task import get_task
 
+    _check_task(name)
     try:
         return get_task(name)
     except ValueError as exc:
@@ -83,10 +162,6 @@ def _checkpoint(task_name: str, checkpoint: Path | None) -> Any:
 
 
 TASK_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
-TASK_OPTIONS_HELP = (
-    "Task options: each task declares its own flags (listed by `medinfer models`); booleans also take --no-FLAG, "
-    "and any option can be given as --option KEY=VALUE."
-)
 
 
 def _task_options(task: Any, tokens: list[str], *, train: bool = False) -> tuple[Any, list[str]]:
@@ -174,7 +249,7 @@ def models_cmd(
 
 @app.command("synth")
 def synth_cmd(
-    task: Annotated[str, typer.Argument(help="Task name.")],
+    task: Annotated[str, typer.Argument(help=TASK_HELP)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     n: Annotated[int, typer.Option("--n", min=1, help="Number of cases/records/images.")] = 8,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
@@ -193,10 +268,10 @@ def synth_cmd(
     typer.echo(f"wrote synthetic {task} data to {root}")
 
 
-@app.command("train", context_settings=TASK_ARGS, epilog=TASK_OPTIONS_HELP)
+@app.command("train", context_settings=TASK_ARGS, cls=_TrainOptionsCommand)
 def train_cmd(
     ctx: typer.Context,
-    task: Annotated[str, typer.Argument(help="Task name.")],
+    task: Annotated[str, typer.Argument(help=TASK_HELP)],
     data: Annotated[Path, typer.Option("--data", help="Dataset root in the real layout.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder.")],
     preset: Annotated[str, typer.Option("--preset", help="full (published recipe) or tiny.")] = "full",
@@ -205,15 +280,28 @@ def train_cmd(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")] = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     install: Annotated[bool, typer.Option("--install", help="Install the best checkpoint for predict/serve.")] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="No progress (else a bar on a terminal, one line per stage and per epoch in logs); errors still "
+            "print.",
+        ),
+    ] = False,
 ) -> None:
-    """Train a model; writes best/last checkpoints, metrics.json, a curve PNG and a model card."""
+    """Train a model; writes best/last checkpoints, metrics.json, a curve PNG and a model card.
+
+    Progress goes to standard error: stage, epoch, step, running loss, the validation metric, elapsed and estimated
+    time left."""
+    rest = _check_task_args(task, list(ctx.args), train=True)
+    if rest:
+        raise _usage_error(f"unexpected argument(s): {' '.join(rest)}")
     from pipelines.common.checkpoint import install_checkpoint
     from pipelines.common.task import TrainOptions
 
     t = _task(task)
-    task_options, rest = _task_options(t, list(ctx.args), train=True)
-    if rest:
-        raise _usage_error(f"unexpected argument(s): {' '.join(rest)}")
+    task_options, _ = _task_options(t, list(ctx.args), train=True)  # the same flags as checked above
     if not data.exists():
         raise _usage_error(f"{data}: dataset folder does not exist")
     if config is not None and not config.is_file():
@@ -227,6 +315,7 @@ def train_cmd(
         device=device,
         seed=seed,
         task=task_options,
+        quiet=quiet,
     )
     try:
         run_dir = t.train(opts)
@@ -238,10 +327,10 @@ def train_cmd(
         typer.echo(f"installed {dst}")
 
 
-@app.command("evaluate", context_settings=TASK_ARGS, epilog=TASK_OPTIONS_HELP)
+@app.command("evaluate", context_settings=TASK_ARGS, cls=_TaskOptionsCommand)
 def evaluate_cmd(
     ctx: typer.Context,
-    task: Annotated[str, typer.Argument(help="Task name.")],
+    task: Annotated[str, typer.Argument(help=TASK_HELP)],
     data: Annotated[Path, typer.Option("--data", help="Labelled dataset root.")],
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Checkpoint file or run folder.")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("evaluation"),
@@ -249,12 +338,13 @@ def evaluate_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Inputs per forward pass.")] = 32,
 ) -> None:
     """Evaluate a checkpoint on a labelled dataset: per-case CSV and summary JSON."""
+    rest = _check_task_args(task, list(ctx.args))
+    if rest:
+        raise _usage_error(f"unexpected argument(s): {' '.join(rest)}")
     from pipelines.common.task import PredictOptions
 
     t = _task(task)
-    task_options, rest = _task_options(t, list(ctx.args))
-    if rest:
-        raise _usage_error(f"unexpected argument(s): {' '.join(rest)}")
+    task_options, _ = _task_options(t, list(ctx.args))  # the same flags as checked above
     ckpt = _checkpoint(task, checkpoint)
     if not data.exists():
         raise _usage_error(f"{data}: dataset folder does not exist")
@@ -266,9 +356,9 @@ def evaluate_cmd(
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
-@app.command("predict", context_settings=TASK_ARGS, epilog=TASK_OPTIONS_HELP)
+@app.command("predict", context_settings=TASK_ARGS, cls=_TaskOptionsCommand)
 def predict_cmd(
-    task: Annotated[str, typer.Argument(help="Task name.")],
+    task: Annotated[str, typer.Argument(help=TASK_HELP)],
     inputs: Annotated[list[str], typer.Argument(help="Files, folders, globs, or role=path pairs; and task options.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Checkpoint file or run folder.")] = None,
@@ -294,6 +384,8 @@ def predict_cmd(
 ) -> None:
     """Predict on inputs; one result per input plus report.json and report.csv. Exit 1 if any input failed."""
     started_at = process_started_at()
+    if not _check_task_args(task, list(inputs)):
+        raise _usage_error("no inputs given")
     from tqdm import tqdm
 
     from pipelines.common.errors import InputError
@@ -301,9 +393,7 @@ def predict_cmd(
     from pipelines.common.task import PredictOptions
 
     t = _task(task)
-    task_options, paths = _task_options(t, list(inputs))
-    if not paths:
-        raise _usage_error("no inputs given")
+    task_options, paths = _task_options(t, list(inputs))  # the same flags as checked above: paths are left
     ckpt = _checkpoint(task, checkpoint)
     options = PredictOptions(device=device, batch_size=batch_size, amp=amp, explain=explain, task=task_options)
     try:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.resources import files
+from pathlib import Path
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from app.errors import install_handlers
 from app.metrics import MetricsMiddleware
@@ -16,6 +21,44 @@ from app.service import API_PREFIX, Service
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
+
+#: where the service serves the Swagger UI and ReDoc assets (public, like ``/docs`` and ``/openapi.json``)
+DOCS_ASSETS = "/docs-assets"
+
+
+def docs_assets_dir() -> Path:
+    """The Swagger UI (``swagger-ui-bundle.js``, ``swagger-ui.css``), ReDoc (``redoc.standalone.js``) and favicon
+    files that the ``fastapi-offline`` package ships."""
+    return Path(str(files("fastapi_offline") / "static"))
+
+
+def _add_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` on assets served by the app itself: both work offline, with no CDN, no
+    web fonts and no online validator."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=docs_assets_dir()), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},  # Swagger UI would send the schema to validator.swagger.io
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -48,13 +91,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="medinfer",
         version="1",
-        summary="Four published medical-imaging models behind one API. Research use: not a medical device.",
+        summary="Published medical-imaging models behind one API, one per task (GET /api/v1/models lists them). "
+        "Research use: not a medical device.",
         lifespan=lifespan,
+        docs_url=None,  # served by _add_docs from packaged assets, not from a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.service = service
     app.state.api_keys = api_keys
     install_handlers(app)
+    _add_docs(app)
 
     app.include_router(health.router)
     secured = [Depends(require_api_key)]

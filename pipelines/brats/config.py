@@ -1,4 +1,5 @@
-"""Typed configuration and options of ``brats``; the published recipe is the default."""
+"""Typed configuration of ``brats``; the published recipe is the default. The options models live in
+``pipelines.brats.options`` (torch-free) and are re-exported here."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipelines.common.config import TaskConfig, TaskOptions
-from pipelines.common.segmentation import VolumeOptions
+from pipelines.brats.options import BratsOptions, BratsTrainOptions
+from pipelines.common.config import TaskConfig
+
+__all__ = ["NAMING_2018", "NAMING_2023", "TINY", "BratsConfig", "BratsOptions", "BratsTrainOptions"]
 
 NAMING_2018 = "brats2018"
 NAMING_2023 = "brats2023"
@@ -107,21 +110,3 @@ class BratsConfig(TaskConfig):
             "dropout": self.dropout,
             "deep_supervision_levels": self.deep_supervision_levels,
         }
-
-
-class BratsOptions(VolumeOptions):
-    """``medinfer predict brats`` options (also the service's ``options`` field)."""
-
-    labels: Literal["brats2018", "brats2023"] | None = Field(
-        None, description="Output label convention: brats2018 (0/1/2/4) or brats2023 (0/1/2/3); default: the input's."
-    )
-
-
-class BratsTrainOptions(TaskOptions):
-    """``medinfer train brats`` flags beyond the config."""
-
-    all_cases: bool = Field(
-        False,
-        description="Final retrain on every labelled case with the fixed recipe and no validation split (the "
-        "paper's last step); keeps the last epoch.",
-    )

@@ -1,20 +1,21 @@
-"""Typed configuration and options of ``breakhis``: medinfer's reading of Behzadpour et al. 2024 as defaults.
+"""Typed configuration of ``breakhis``: medinfer's reading of Behzadpour et al. 2024 as defaults.
 
 The paper leaves the variant, input size, augmentation list, class weights, split protocol and schedule
 unstated [NF]; the defaults are the implementable reading of PAPERS.md §3 [INF]: EfficientNet-B0 at 224×224,
 class-weighted cross-entropy with w_c = N / (C·n_c), intensive augmentation, magnifications pooled, a
-patient-wise split, and a binary model whose trunk initialises the subtype model.
+patient-wise split, and a binary model whose trunk initialises the subtype model. The options models live in
+``pipelines.breakhis.options`` (torch-free) and are re-exported here.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from models.efficientnet import VARIANTS
-from pipelines.common.config import TaskConfig, TaskOptions
+from pipelines.breakhis.options import BreakhisOptions, BreakhisTrainOptions
+from pipelines.common.config import TaskConfig
 
 __all__ = ["MAGNIFICATIONS", "BreakhisConfig", "BreakhisOptions", "BreakhisTrainOptions"]
 
@@ -100,43 +101,4 @@ class BreakhisConfig(TaskConfig):
             raise ValueError("val_fraction + test_fraction must leave training data (< 1)")
         if self.freeze_epochs >= self.epochs:
             raise ValueError(f"freeze_epochs ({self.freeze_epochs}) must be fewer than epochs ({self.epochs})")
-        return self
-
-
-class BreakhisOptions(TaskOptions):
-    """``medinfer predict breakhis`` options (also the service's ``options`` field)."""
-
-    resize_warning: bool = Field(
-        True, description="Warn in the result when an image is not BreakHis's 700x460 (it is resized either way)."
-    )
-
-
-class BreakhisTrainOptions(TaskOptions):
-    """``medinfer train breakhis`` flags beyond the config: the paper's two-step training."""
-
-    target: Literal["binary", "subtype"] = Field(
-        "binary", description="Train the benign/malignant model (step 1) or the 8-subtype model (step 2)."
-    )
-    transfer_from: Path | None = Field(
-        None,
-        description="A binary breakhis run folder or checkpoint whose trunk initialises this model (the head is "
-        "replaced); the trunk stays frozen for the config's freeze_epochs.",
-    )
-    init_weights: Path | None = Field(
-        None,
-        description="A local EfficientNet state dict of the same variant (ImageNet weights you bring) for the "
-        "trunk; its classifier is skipped. Nothing is downloaded.",
-    )
-
-    @field_validator("transfer_from", "init_weights")
-    @classmethod
-    def _exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not Path(value).expanduser().exists():
-            raise ValueError(f"{value}: not found")
-        return value
-
-    @model_validator(mode="after")
-    def _one_start(self) -> BreakhisTrainOptions:
-        if self.transfer_from is not None and self.init_weights is not None:
-            raise ValueError("give either transfer_from or init_weights, not both")
         return self

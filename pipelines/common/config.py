@@ -9,6 +9,10 @@ replaced. Every error is a :class:`ConfigError` (a ``ValueError``) that names th
 A config is saved into each checkpoint (:meth:`TaskConfig.to_dict`) and rebuilt from it with
 :meth:`TaskConfig.from_checkpoint`, which forgives the keys older releases stored and this one dropped
 (``LEGACY_KEYS``) so that every checkpoint a user holds keeps loading.
+
+A task's options (:class:`TaskOptions`: its predict and train flags) live in ``pipelines/<task>/options.py``,
+which imports pydantic and this module only (no torch, numpy or ``models``): the CLI checks a task's flags there
+before anything heavy loads (:mod:`pipelines.common.catalog`).
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["ConfigError", "TaskConfig", "TaskOptions", "merge_overrides", "validation_message"]
+__all__ = ["ConfigError", "TaskConfig", "TaskOptions", "VolumeOptions", "merge_overrides", "validation_message"]
 
 
 class ConfigError(ValueError):
@@ -78,6 +82,22 @@ class TaskOptions(BaseModel):
     def updated(self, values: Mapping[str, Any], source: str = "") -> Self:
         """A copy with ``values`` applied on top, validated."""
         return self.parse({**self.model_dump(), **values}, source)
+
+
+class VolumeOptions(TaskOptions):
+    """Inference options every volume segmenter has (the family's predictor is
+    :class:`~pipelines.common.segmentation.SegmentationPredictor`; the model lives here, without torch, so that the
+    CLI knows a task's flags before loading it)."""
+
+    tta: bool = Field(False, description="Mirror test-time augmentation: average the 8 flips of the three axes.")
+    overlap: float = Field(0.5, ge=0.0, le=0.95, description="Overlap of neighbouring sliding windows.")
+    sw_batch_size: int = Field(4, ge=1, le=256, description="Sliding windows per forward pass.")
+    overlay: bool = Field(False, description="Also write a preview PNG (largest-lesion axial slice).")
+    dicom_seg: bool = Field(
+        True,
+        description="For a DICOM series input, also write the regions as a DICOM SEG (<case>_seg.dcm) that "
+        "references the series.",
+    )
 
 
 class TaskConfig(BaseModel):

@@ -33,10 +33,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
-from pydantic import Field
 
 from pipelines.common import keys
-from pipelines.common.config import TaskOptions
+from pipelines.common.config import TaskOptions, VolumeOptions
 from pipelines.common.csvsafe import SafeDictWriter
 from pipelines.common.device import autocast
 from pipelines.common.dicom import SegmentCode, generic_segment_code, write_dicom_seg
@@ -64,20 +63,6 @@ COARSE_FACTOR = 5.0
 #: Hounsfield units); MR magnitude images are not negative
 CT_AIR_HU = -500.0
 CT_AIR_SHARE = 0.1
-
-
-class VolumeOptions(TaskOptions):
-    """Inference options every volume segmenter has."""
-
-    tta: bool = Field(False, description="Mirror test-time augmentation: average the 8 flips of the three axes.")
-    overlap: float = Field(0.5, ge=0.0, le=0.95, description="Overlap of neighbouring sliding windows.")
-    sw_batch_size: int = Field(4, ge=1, le=256, description="Sliding windows per forward pass.")
-    overlay: bool = Field(False, description="Also write a preview PNG (largest-lesion axial slice).")
-    dicom_seg: bool = Field(
-        True,
-        description="For a DICOM series input, also write the regions as a DICOM SEG (<case>_seg.dcm) that "
-        "references the series.",
-    )
 
 
 VolumeOptionsT = TypeVar("VolumeOptionsT", bound=VolumeOptions)

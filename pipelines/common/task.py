@@ -1,8 +1,9 @@
 """The Task interface: everything task-specific lives behind it, and both faces (CLI, service) use only it.
 
 A task module ``pipelines/<name>/task.py`` defines a :class:`Task` subclass and registers an instance with
-:func:`register_task`. :func:`get_task` and :func:`list_tasks` discover task packages under ``pipelines``
-(any sub-package with a ``task`` module), so adding a task never touches ``app/``.
+:func:`register_task`; its options models live beside it in ``pipelines/<name>/options.py`` (torch-free).
+:func:`get_task` and :func:`list_tasks` find task packages by the rule of :mod:`pipelines.common.catalog` (any
+sub-package of ``pipelines`` with a ``task`` module), so adding a task never touches ``app/``.
 
 The typed contracts between a task and the faces:
 
@@ -17,13 +18,12 @@ from __future__ import annotations
 import abc
 import difflib
 import importlib
-import importlib.util
-import pkgutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
+from pipelines.common import catalog
 from pipelines.common.config import TaskConfig, TaskOptions
 from pipelines.common.device import resolve_device
 from pipelines.common.errors import InputError
@@ -49,6 +49,7 @@ __all__ = [
     "get_task",
     "list_tasks",
     "register_task",
+    "registered_tasks",
     "resolve_device",
 ]
 
@@ -231,6 +232,10 @@ class TrainOptions:
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         seed: random seed.
         task: the task's training options (``None``: defaults).
+        provenance: extra provenance fields the checkpoint records (``medinfer demo`` marks its models with
+            ``trained_by``).
+        quiet: show no progress while training (else a bar per stage on a terminal, one plain line per stage
+            and per epoch elsewhere: :class:`~pipelines.common.trainer.TrainProgress`).
     """
 
     data_dir: Path
@@ -241,6 +246,8 @@ class TrainOptions:
     device: str = "auto"
     seed: int = 0
     task: TaskOptions | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    quiet: bool = False
 
 
 @dataclass
@@ -366,8 +373,8 @@ class Task(abc.ABC):
 
     Class attributes a task sets: ``name``, ``title``, ``data_card`` (file under ``data_cards/``),
     ``default_model`` (registry name), ``options_model`` (inference options), ``train_options_model``
-    (training flags beyond the config), ``config_class`` (its :class:`TaskConfig`) and ``run_class`` (its
-    :class:`~pipelines.common.trainer.TrainingRun`).
+    (training flags beyond the config; both from the task's torch-free ``options`` module), ``config_class``
+    (its :class:`TaskConfig`) and ``run_class`` (its :class:`~pipelines.common.trainer.TrainingRun`).
     """
 
     name: str = ""
@@ -494,22 +501,23 @@ def register_task(task: Task) -> Task:
     return task
 
 
+def registered_tasks() -> dict[str, Task]:
+    """The tasks registered so far, by name, without discovering any (:mod:`pipelines.common.catalog` reads it)."""
+    return dict(_TASKS)
+
+
 def _discover() -> None:
+    """Import every task module on disk (each registers its task)."""
     global _discovered
     if _discovered:
         return
-    import pipelines
-
-    for info in pkgutil.iter_modules(pipelines.__path__):
-        if info.ispkg and info.name != "common":
-            module = f"pipelines.{info.name}.task"
-            if importlib.util.find_spec(module) is not None:
-                importlib.import_module(module)
+    for name in catalog.task_packages():
+        importlib.import_module(catalog.task_module(name))
     _discovered = True
 
 
 def list_tasks() -> list[str]:
-    """Registered task names, sorted."""
+    """Every task, sorted: the task modules on disk (all imported) and the tasks registered at run time."""
     _discover()
     return sorted(_TASKS)
 
@@ -517,26 +525,18 @@ def list_tasks() -> list[str]:
 def get_task(name: str) -> Task:
     """The registered task called ``name``.
 
-    A task ``name`` lives in ``pipelines/<name>/task.py``: that module alone is imported (a prediction of one
-    task does not load the others' modules and what they import); every task module only when ``name`` is not
-    found there (the suggestions of the error need them all).
+    A task ``name`` not registered yet lives in ``pipelines/<name>/task.py``: that module alone is imported (a
+    prediction of one task does not load the others' modules and what they import).
 
     Raises:
-        ValueError: unknown task (with close suggestions).
+        ValueError: unknown task (with close suggestions, found without importing any task).
     """
-    if name not in _TASKS and name.isidentifier() and name != "common":
-        module = f"pipelines.{name}.task"
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:  # no package pipelines.<name>
-            found = False
-        if found:
-            importlib.import_module(module)
+    if name not in _TASKS and name in catalog.task_packages():
+        importlib.import_module(catalog.task_module(name))
     if name not in _TASKS:
-        _discover()
-    if name not in _TASKS:
-        close = difflib.get_close_matches(name, list(_TASKS), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; known tasks: {', '.join(sorted(_TASKS))}"
+        known = catalog.task_names()
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known tasks: {', '.join(known)}"
         raise ValueError(f"unknown task {name!r}{hint}")
     return _TASKS[name]
 

@@ -19,11 +19,12 @@ import abc
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 
 import torch
 from torch import nn
@@ -39,7 +40,16 @@ from pipelines.common.synthetic import is_synthetic
 if TYPE_CHECKING:
     from pipelines.common.task import Task, TrainOptions
 
-__all__ = ["CardText", "Stage", "TrainingRun", "recalibrate_batchnorm", "split_indices", "to_device"]
+__all__ = [
+    "CardText",
+    "Stage",
+    "TrainProgress",
+    "TrainingRun",
+    "format_seconds",
+    "recalibrate_batchnorm",
+    "split_indices",
+    "to_device",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +76,184 @@ class CardText:
     metrics: dict[str, Any]
     method_notes: list[str] = field(default_factory=list)
     limitations: list[str] = field(default_factory=list)
+
+
+def format_seconds(seconds: float) -> str:
+    """``m:ss`` or ``h:mm:ss`` (what a progress line shows)."""
+    total = max(0, round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class TrainProgress:
+    """What a run shows while it trains, on ``stream`` (standard error by default).
+
+    On a terminal: a tqdm bar per gradient stage, step by step, with the running loss, the validation metric and
+    the time left in the run. Elsewhere (logs, CI, pipes): plain lines without carriage returns, one when a stage
+    starts and one per epoch: stage, epoch/total, step/total, the epoch's running loss, the monitored validation
+    metric when the epoch was validated, elapsed time and the estimated time left. ``quiet``: nothing.
+
+    The time left is the run's: the mean time of its epochs so far times the epochs left in this stage and in
+    the later gradient stages (stages without gradients, e.g. prototype projection, are not counted).
+
+    Args:
+        task: the task's name (what each line starts with).
+        quiet: show nothing.
+        stream: where to write (``None``: ``sys.stderr`` as it is when something is written).
+        tty: draw a bar (``None``: when ``stream`` is a terminal).
+    """
+
+    def __init__(
+        self, task: str, *, quiet: bool = False, stream: TextIO | None = None, tty: bool | None = None
+    ) -> None:
+        self.task = task
+        self.quiet = quiet
+        self._stream = stream
+        self._tty = tty
+        self.stages: list[Stage] = []
+        self.started = time.perf_counter()
+        self.epoch_seconds: list[float] = []
+        self._bar: Any = None
+        self._stage: Stage | None = None
+        self._steps: int | None = None
+        self._epoch = 0
+        self._epoch_started = self.started
+        self._step = 0
+        self._loss_sum = 0.0
+
+    @property
+    def stream(self) -> TextIO:
+        """Where progress goes."""
+        return self._stream if self._stream is not None else sys.stderr
+
+    @property
+    def tty(self) -> bool:
+        """Whether a bar is drawn (the stream is a terminal, unless told)."""
+        if self._tty is not None:
+            return self._tty
+        try:
+            return bool(self.stream.isatty())
+        except (AttributeError, OSError, ValueError):  # no isatty, or a closed or detached stream
+            return False
+
+    # -- events from the runner -----------------------------------------------------------------------------------
+    def begin(self, stages: Sequence[Stage]) -> None:
+        """The run starts with these stages."""
+        self.stages = list(stages)
+        self.started = time.perf_counter()
+        self.epoch_seconds = []
+
+    def stage(self, stage: Stage) -> None:
+        """A stage starts: one line."""
+        if self.quiet:
+            return
+        index = self._index(stage)
+        where = f"stage {index + 1}/{len(self.stages)}" if index is not None else "stage"
+        what = f"{stage.epochs} epoch{'' if stage.epochs == 1 else 's'}" if stage.gradient else "no gradient steps"
+        self._write(f"[{self.task}] {where} {stage.name}: {what}")
+
+    def start_epochs(self, stage: Stage, steps_per_epoch: int | None) -> None:
+        """A gradient stage's epoch loop starts; ``steps_per_epoch`` when the loader knows its length."""
+        self._stage, self._steps = stage, steps_per_epoch
+        if self.quiet or not self.tty:
+            return
+        from tqdm import tqdm
+
+        self._bar = tqdm(
+            total=stage.epochs * steps_per_epoch if steps_per_epoch else None,
+            desc=f"[{self.task}] {stage.name}",
+            unit="step",
+            file=self.stream,
+            dynamic_ncols=True,
+            leave=True,
+            disable=False,
+        )
+
+    def start_epoch(self, epoch: int) -> None:
+        """An epoch of the current stage starts."""
+        self._epoch, self._step, self._loss_sum = epoch, 0, 0.0
+        self._epoch_started = time.perf_counter()
+        if self._bar is not None and self._stage is not None:
+            self._bar.set_description_str(f"[{self.task}] {self._stage.name} {epoch}/{self._stage.epochs}", False)
+
+    def step(self, loss: float) -> None:
+        """One optimiser step with this batch's loss."""
+        self._step += 1
+        self._loss_sum += loss
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"loss {self.running_loss:.4g}", refresh=False)
+            self._bar.update(1)
+
+    def end_epoch(self, metrics: dict[str, float], monitor: str) -> None:
+        """An epoch ended with ``metrics``: it was validated when ``monitor`` (not the loss) is among them."""
+        self.epoch_seconds.append(time.perf_counter() - self._epoch_started)
+        if self.quiet:
+            return
+        metric = (monitor, float(metrics[monitor])) if monitor in metrics and monitor != "train_loss" else None
+        if self._bar is None:
+            self._write(self.epoch_line(metric))
+            return
+        parts = [f"loss {self.running_loss:.4g}"]
+        if metric is not None:
+            parts.append(f"{metric[0]} {metric[1]:.4g}")
+        parts.append(f"left ~{self._eta_text()}")  # the run's (the bar's own estimate is the stage's)
+        self._bar.set_postfix_str(", ".join(parts))
+
+    def end_stage(self) -> None:
+        """The epoch loop of a stage ended (or failed): close its bar."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    # -- what is shown --------------------------------------------------------------------------------------------
+    @property
+    def running_loss(self) -> float:
+        """Mean training loss of the current epoch so far (``nan`` before its first step)."""
+        return self._loss_sum / self._step if self._step else math.nan
+
+    def eta(self) -> float:
+        """Estimated seconds left in the run (``nan`` before the first epoch ended); see the class."""
+        if not self.epoch_seconds or self._stage is None:
+            return math.nan
+        left = max(self._stage.epochs - self._epoch, 0)
+        index = self._index(self._stage)
+        if index is not None:
+            left += sum(s.epochs for s in self.stages[index + 1 :] if s.gradient)
+        return sum(self.epoch_seconds) / len(self.epoch_seconds) * left
+
+    def epoch_line(self, metric: tuple[str, float] | None) -> str:
+        """The plain line of the epoch that just ended (``metric``: the validation metric's name and value)."""
+        name, epochs = (self._stage.name, self._stage.epochs) if self._stage is not None else ("train", self._epoch)
+        steps = f"{self._step}/{self._steps}" if self._steps else str(self._step)
+        parts = [f"[{self.task}] {name} epoch {self._epoch}/{epochs}", f"step {steps}", f"loss {self.running_loss:.4g}"]
+        if metric is not None:
+            parts.append(f"{metric[0]} {metric[1]:.4g}")
+        parts.append(f"elapsed {format_seconds(time.perf_counter() - self.started)}")
+        parts.append(f"eta {self._eta_text()}")
+        return "  ".join(parts)
+
+    def _eta_text(self) -> str:
+        eta = self.eta()
+        return "?" if math.isnan(eta) else format_seconds(eta)
+
+    def _index(self, stage: Stage) -> int | None:
+        return next((i for i, s in enumerate(self.stages) if s is stage), None)
+
+    def _write(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+
+
+def _steps_per_epoch(loader: Iterable[Any], cap: int | None) -> int | None:
+    """Training batches per epoch where the loader knows its length (for progress only; else the cap or ``None``)."""
+    try:
+        n = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return cap
+    return min(n, cap) if cap is not None else n
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -109,6 +297,7 @@ class TrainingRun(abc.ABC, Generic[ConfigT]):
         self.stage_metrics: dict[str, dict[str, Any]] = {}
         self.synthetic = False
         self.provenance: dict[str, Any] = {}
+        self.progress = TrainProgress(task.name, quiet=options.quiet)
 
     # -- hooks: data and model -----------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -216,11 +405,19 @@ class TrainingRun(abc.ABC, Generic[ConfigT]):
         self.model = self.build_model()
         spec_card = self.task.data_card
         self.provenance = make_provenance(
-            self.data_dir.name, "synthetic.md" if self.synthetic else spec_card, self.options.seed
+            self.data_dir.name,
+            "synthetic.md" if self.synthetic else spec_card,
+            self.options.seed,
+            task=self.task.name,
+            synthetic=self.synthetic,
+            stands_in_for=spec_card,
         )
-        self.provenance["synthetic"] = self.synthetic
-        for stage in self.stages():
+        self.provenance.update(self.options.provenance)
+        stages = self.stages()
+        self.progress.begin(stages)
+        for stage in stages:
             logger.info("%s: stage %s (%d epochs)", self.task.name, stage.name, stage.epochs)
+            self.progress.stage(stage)
             self.run_stage(stage)
             self.on_stage_end(stage)
         self.finalise()
@@ -241,44 +438,51 @@ class TrainingRun(abc.ABC, Generic[ConfigT]):
         best_value = -math.inf if mode == "max" else math.inf
         best: dict[str, float] = {}
         offset = len(self.history)
-        for epoch in range(1, stage.epochs + 1):
-            t0 = time.perf_counter()
-            self.model.train()
-            losses: list[float] = []
-            for i, batch in enumerate(loader):
-                if cap is not None and i >= cap:
-                    break
-                batch = to_device(batch, self.device)
-                optimizer.zero_grad(set_to_none=True)
-                with autocast(self.device, self.amp):
-                    loss = self.train_step(batch, stage)
-                if not torch.isfinite(loss):
-                    where = f"stage {stage.name}, epoch {epoch}, batch {i}"
-                    raise FloatingPointError(f"non-finite training loss in {where}")
-                scaler.scale(loss).backward()
-                if self.grad_clip is not None:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                losses.append(float(loss.detach()))
-            if scheduler is not None:
-                scheduler.step()
-            self.model.eval()
-            with torch.no_grad():
-                val = self.validate(stage)
-            metrics = {"epoch": float(epoch), "train_loss": float(sum(losses) / max(len(losses), 1)), **val}
-            metrics["lr"] = float(optimizer.param_groups[0]["lr"])
-            metrics["seconds"] = time.perf_counter() - t0
-            self.history.append({**metrics, "epoch": float(offset + epoch)})
-            value = float(metrics.get(monitor, metrics["train_loss"]))
-            improved = not math.isnan(value) and (value > best_value if mode == "max" else value < best_value)
-            if improved or not best:
-                best_value, best = value, dict(metrics)
-                self.on_improved(stage, epoch, metrics)
-            self.on_epoch_end(stage, epoch, metrics)
-            logger.info("%s %s epoch %d/%d %s", self.task.name, stage.name, epoch, stage.epochs,
-                        {k: round(v, 4) for k, v in metrics.items()})  # fmt: skip
+        self.progress.start_epochs(stage, _steps_per_epoch(loader, cap))
+        try:
+            for epoch in range(1, stage.epochs + 1):
+                t0 = time.perf_counter()
+                self.progress.start_epoch(epoch)
+                self.model.train()
+                losses: list[float] = []
+                for i, batch in enumerate(loader):
+                    if cap is not None and i >= cap:
+                        break
+                    batch = to_device(batch, self.device)
+                    optimizer.zero_grad(set_to_none=True)
+                    with autocast(self.device, self.amp):
+                        loss = self.train_step(batch, stage)
+                    if not torch.isfinite(loss):
+                        where = f"stage {stage.name}, epoch {epoch}, batch {i}"
+                        raise FloatingPointError(f"non-finite training loss in {where}")
+                    scaler.scale(loss).backward()
+                    if self.grad_clip is not None:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    losses.append(float(loss.detach()))
+                    self.progress.step(losses[-1])
+                if scheduler is not None:
+                    scheduler.step()
+                self.model.eval()
+                with torch.no_grad():
+                    val = self.validate(stage)
+                metrics = {"epoch": float(epoch), "train_loss": float(sum(losses) / max(len(losses), 1)), **val}
+                metrics["lr"] = float(optimizer.param_groups[0]["lr"])
+                metrics["seconds"] = time.perf_counter() - t0
+                self.history.append({**metrics, "epoch": float(offset + epoch)})
+                value = float(metrics.get(monitor, metrics["train_loss"]))
+                improved = not math.isnan(value) and (value > best_value if mode == "max" else value < best_value)
+                if improved or not best:
+                    best_value, best = value, dict(metrics)
+                    self.on_improved(stage, epoch, metrics)
+                self.on_epoch_end(stage, epoch, metrics)
+                self.progress.end_epoch(metrics, monitor)
+                logger.info("%s %s epoch %d/%d %s", self.task.name, stage.name, epoch, stage.epochs,
+                            {k: round(v, 4) for k, v in metrics.items()})  # fmt: skip
+        finally:
+            self.progress.end_stage()
         self.stage_metrics[stage.name] = {"monitor": monitor, "best_epoch": int(best.get("epoch", 0)), **best}
         return best
 
@@ -310,7 +514,9 @@ class TrainingRun(abc.ABC, Generic[ConfigT]):
 
         torch.manual_seed(self.options.seed)
         self.model = create_model(self.model_name, **self.model_kwargs)
-        self.provenance = {**make_provenance("untrained", "synthetic.md", self.options.seed), "synthetic": True}
+        self.provenance = make_provenance(
+            "untrained", "synthetic.md", self.options.seed, task=self.task.name, synthetic=True
+        )
         return self.checkpoint({}, extra={"untrained": True})
 
     def save(self, name: str, metrics: dict[str, Any]) -> Path:

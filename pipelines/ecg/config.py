@@ -1,16 +1,17 @@
-"""Typed configuration and options of the ``ecg`` task; defaults are the published recipe (PAPERS.md §4),
-``tiny`` is for CPU."""
+"""Typed configuration of the ``ecg`` task; defaults are the published recipe (PAPERS.md §4), ``tiny`` is for CPU.
+
+The options models live in ``pipelines.ecg.options`` (torch-free) and are re-exported here."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import Field, field_validator
 
 from models.protoecgnet import BRANCH_LABELS, BRANCH_NAMES, LEADS, PTBXL_LABELS
-from pipelines.common.config import TaskConfig, TaskOptions
-from pipelines.ecg.transforms import MAX_FS, MIN_FS, rate_problem
+from pipelines.common.config import TaskConfig
+from pipelines.ecg.options import STAGES, EcgOptions, EcgTrainOptions
+from pipelines.ecg.rates import SAMPLING_RATE
 
 __all__ = [
     "BRANCH_LABELS",
@@ -20,6 +21,7 @@ __all__ = [
     "NUM_SAMPLES",
     "PTBXL_LABELS",
     "SAMPLING_RATE",
+    "STAGES",
     "TEST_FOLDS",
     "TRAIN_FOLDS",
     "VAL_FOLDS",
@@ -29,12 +31,10 @@ __all__ = [
 ]
 
 MODEL_NAME = "ecg_protoecgnet"
-SAMPLING_RATE = 100.0  # Hz, PTB-XL ``filename_lr``
 NUM_SAMPLES = 1000  # 10 s
 TRAIN_FOLDS = (1, 2, 3, 4, 5, 6, 7, 8)
 VAL_FOLDS = (9,)
 TEST_FOLDS = (10,)
-STAGES = ("feature_extractor", "joint", "projection", "classifier", "fusion")
 
 TINY: dict[str, Any] = {
     "model_kwargs": {
@@ -138,79 +138,4 @@ class EcgConfig(TaskConfig):
                 raise ValueError(f"unknown stage {k!r}; stages: {', '.join(STAGES)}")
             if v <= 0:
                 raise ValueError(f"lr[{k!r}] must be > 0, got {v}")
-        return value
-
-
-#: spellings accepted for ``signal_unit``
-_UNIT_NAMES = {
-    "mv": "mV",
-    "millivolt": "mV",
-    "uv": "uV",
-    "µv": "uV",
-    "μv": "uV",
-    "microvolt": "uV",
-    "v": "V",
-    "volt": "V",
-}
-
-
-class EcgOptions(TaskOptions):
-    """``medinfer predict ecg`` options (also the service's ``options`` field)."""
-
-    sampling_rate: float | None = Field(
-        None,
-        ge=MIN_FS,
-        le=MAX_FS,
-        description=f"Rate in Hz of CSV/NPY records, which carry none (WFDB and DICOM do); {MIN_FS:g}-{MAX_FS:g} Hz, "
-        "exact (a rate that converts to the model's only approximately is refused).",
-    )
-    signal_unit: Literal["mV", "uV", "V"] | None = Field(
-        None,
-        description="Unit of CSV/NPY values (default mV), and of WFDB/DICOM channels whose file gives none.",
-    )
-
-    @field_validator("sampling_rate")
-    @classmethod
-    def _exact_rate(cls, value: float | None) -> float | None:
-        if value is not None:
-            problem = rate_problem(value, SAMPLING_RATE)
-            if problem is not None:
-                raise ValueError(problem)
-        return value
-
-    @field_validator("signal_unit", mode="before")
-    @classmethod
-    def _unit(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return _UNIT_NAMES.get(value.strip().lower(), value)
-        return value
-
-
-class EcgTrainOptions(TaskOptions):
-    """``medinfer train ecg`` flags beyond the config."""
-
-    stage: str | None = Field(
-        None, description=f"Run one stage ({', '.join(STAGES)}), continuing from RUN/last.pt when present."
-    )
-    init_weights: Path | None = Field(
-        None,
-        description="A local torchvision ResNet-18 state dict (ImageNet weights you bring) for the 2D branches: "
-        "every layer but the replaced first conv and the head, as the authors do. Nothing is downloaded.",
-    )
-
-    @field_validator("stage")
-    @classmethod
-    def _stage(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        name = value.lower().replace("-", "_")
-        if name not in STAGES:
-            raise ValueError(f"unknown stage {value!r}; stages: {', '.join(STAGES)}")
-        return name
-
-    @field_validator("init_weights")
-    @classmethod
-    def _exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not Path(value).expanduser().is_file():
-            raise ValueError(f"{value}: file not found")
         return value

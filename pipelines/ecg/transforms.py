@@ -7,7 +7,8 @@ One rule set turns any read record into the model's input (12, 1000) float32 in 
 2. NaN/inf anywhere, amplitudes no ECG in mV can have (µV or V labelled mV), or a flat lead (peak-to-peak below
    10 µV) is an error;
 3. the sampling rate must lie in [``MIN_FS``, ``MAX_FS``] and convert exactly to 100 Hz with polyphase factors of
-   at most ``MAX_RESAMPLE_FACTOR`` (a rate that could only be approximated would stretch time, so it is refused);
+   at most ``MAX_RESAMPLE_FACTOR`` (a rate that could only be approximated would stretch time, so it is refused;
+   these rules live in :mod:`pipelines.ecg.rates`, torch- and numpy-free, for the options model);
    a record longer than 12 s is cut to its central 12 s first (the 1 s margins absorb the filter's edges);
 4. resampled to 100 Hz with a polyphase filter (``scipy.signal.resample_poly``);
 5. length rule [INF]: longer than 10 s → the central 10 s; 8–10 s → zero-padded at the end (after the high-pass
@@ -18,13 +19,13 @@ One rule set turns any read record into the model's input (12, 1000) float32 in 
 from __future__ import annotations
 
 import re
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from models.protoecgnet import LEADS
 from pipelines.common.errors import InputError
+from pipelines.ecg.rates import MAX_FS, MAX_RESAMPLE_FACTOR, MIN_FS, rate_problem, resample_factors
 
 __all__ = [
     "FLAT_PEAK_TO_PEAK_MV",
@@ -51,11 +52,6 @@ __all__ = [
 TARGET_SECONDS = 10.0
 MIN_SECONDS = 8.0
 FLAT_PEAK_TO_PEAK_MV = 0.01
-#: the sampling rates accepted from form fields, WFDB headers and DICOM alike (Hz)
-MIN_FS = 50.0
-MAX_FS = 20_000.0
-#: the largest polyphase up or down factor: beyond it a rate only converts approximately (or at absurd cost)
-MAX_RESAMPLE_FACTOR = 10_000
 #: a robust amplitude (see :func:`robust_amplitude_mv`) above this is no ECG in mV: µV labelled mV, most likely
 MAX_PLAUSIBLE_MV = 20.0
 #: margin kept on each side of the central 10 s when a long record is cut before resampling (filter edges)
@@ -156,25 +152,6 @@ def check_signal(signal: np.ndarray, path: str | Path, leads: tuple[str, ...] = 
         raise InputError(path, f"flat line in lead(s) {', '.join(flat)} (peak-to-peak below 10 µV)")
 
 
-def _exact(value: float) -> Fraction:
-    # the shortest decimal that reads back as this float: "257.3" is 2573/10, not the binary neighbour
-    return Fraction(repr(float(value)))
-
-
-def rate_problem(fs: float, target: float = 100.0) -> str | None:
-    """What is wrong with a sampling rate (out of range, or convertible to ``target`` only approximately), or None."""
-    fs = float(fs)
-    if not np.isfinite(fs) or fs <= 0:
-        return f"invalid sampling rate {fs!r} Hz"
-    if not MIN_FS <= fs <= MAX_FS:
-        return f"sampling rate {fs!r} Hz is outside the accepted range {MIN_FS:g}-{MAX_FS:g} Hz"
-    try:
-        resample_factors(fs, target)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
 def check_sampling_rate(fs: float, path: str | Path, target: float = 100.0) -> float:
     """``fs`` as a float when it is in range and converts exactly to ``target``.
 
@@ -189,22 +166,6 @@ def check_sampling_rate(fs: float, path: str | Path, target: float = 100.0) -> f
     if problem is not None:
         raise InputError(path, problem)
     return value
-
-
-def resample_factors(fs: float, target: float) -> tuple[int, int]:
-    """The exact polyphase factors (up, down) from ``fs`` to ``target`` Hz.
-
-    Raises:
-        ValueError: the ratio needs a factor above ``MAX_RESAMPLE_FACTOR`` (only an approximation would fit).
-    """
-    ratio = _exact(target) / _exact(fs)
-    if max(ratio.numerator, ratio.denominator) > MAX_RESAMPLE_FACTOR:
-        raise ValueError(
-            f"sampling rate {float(fs)!r} Hz converts to {target:g} Hz only approximately (polyphase factors "
-            f"{ratio.numerator}/{ratio.denominator}, limit {MAX_RESAMPLE_FACTOR}), which would stretch time; "
-            "give the exact rate (e.g. 360 rather than 360.0001)"
-        )
-    return ratio.numerator, ratio.denominator
 
 
 def resample(signal: np.ndarray, fs: float, target: float) -> np.ndarray:

@@ -1,10 +1,11 @@
-"""Typed configuration and options of ``prostate``: medinfer's reading of Das, Ghosh & Stober 2023 as defaults.
+"""Typed configuration of ``prostate``: medinfer's reading of Das, Ghosh & Stober 2023 as defaults.
 
 The paper's text gives the dual branches, the two stages, the cross-branch consistency and "multi-task"
 [PAPER] and leaves the rest unstated [NF]. The defaults follow the same lab's UATS prostate pipeline where it is
 known [CODE-3P]: 0.5×0.5×3 mm, a 32×168×168 (slices × H × W) ROI, 1st–99th percentile normalisation, a 3D U-Net
 with 16 base filters, batch norm and anisotropic pooling, Adam. What medinfer adds is marked [INF] in the
 model card: the class split of the paths, the signed-distance auxiliary task, the loss weights and ramp-up.
+The options models live in ``pipelines.prostate.options`` (torch-free) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
-from pipelines.common.config import TaskConfig, TaskOptions
-from pipelines.common.segmentation import VolumeOptions
+from pipelines.common.config import TaskConfig
+from pipelines.prostate.options import ProstateOptions, ProstateTrainOptions
 
 __all__ = ["ProstateConfig", "ProstateOptions", "ProstateTrainOptions"]
 
@@ -118,21 +119,3 @@ class ProstateConfig(TaskConfig):
             "dropout": self.dropout,
             "anisotropic_levels": self.anisotropic_levels,
         }
-
-
-class ProstateOptions(VolumeOptions):
-    """``medinfer predict prostate`` options (also the service's ``options`` field)."""
-
-    largest_component: bool = Field(
-        True, description="Keep only the largest connected component of each zone (UATS's island removal)."
-    )
-
-
-class ProstateTrainOptions(TaskOptions):
-    """``medinfer train prostate`` flags beyond the config."""
-
-    unlabelled: str | None = Field(
-        None,
-        description="A folder of extra T2 volumes without zones (<case>/t2.nii.gz) used by stage 2's consistency "
-        "term; cases without zones.nii.gz under --data are used the same way.",
-    )
