@@ -472,6 +472,7 @@ def _run_server(settings: Any) -> None:
 
     try:
         settings.check_bind()
+        settings.check_port()
     except ValueError as exc:
         raise _usage_error(str(exc)) from exc
     logging.getLogger("app").setLevel(logging.INFO)
@@ -479,77 +480,46 @@ def _run_server(settings: Any) -> None:
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 
 
-def _curl_example(task: str, item: Any, port: int) -> str:
-    """A curl command predicting on one demo input (files of the same stem travel together, e.g. .hea + .dat)."""
-    files: list[Path] = []
-    for path in item.paths.values():
-        p = Path(path)
-        if p.is_dir():
-            return (
-                f"(cd {p} && zip -qr - .) | curl -s -F 'files=@-;filename={p.name}.zip' "
-                f"http://127.0.0.1:{port}/api/v1/models/{task}/predict"
-            )
-        stem = p.name.split(".")[0]
-        files.extend(sorted(f for f in p.parent.iterdir() if f.is_file() and f.name.split(".")[0] == stem))
-    form = " ".join(f"-F files=@{f}" for f in dict.fromkeys(files))
-    return f"curl -s {form} http://127.0.0.1:{port}/api/v1/models/{task}/predict"
-
-
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Demo folder.")] = Path("demo_output"),
     tasks: Annotated[list[str] | None, typer.Option("--task", help="Only these tasks (repeatable).")] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic data and of training.")] = 0,
     serve: Annotated[bool, typer.Option("--serve/--no-serve", help="End by serving the demo checkpoints.")] = True,
-    port: Annotated[int, typer.Option("--port", help="Port of the demo service.")] = 8000,
+    port: Annotated[int, typer.Option("--port", help="Port of the demo service (on 127.0.0.1).")] = 8000,
+    retrain: Annotated[
+        bool, typer.Option("--retrain", help="Train the demo models again even when cached ones match.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or progress lines.")] = False,
 ) -> None:
-    """Synthetic data, tiny demo checkpoints (installed), predictions for every task, then the service."""
-    from pipelines.common.checkpoint import checkpoints_dir, install_checkpoint, load_checkpoint
-    from pipelines.common.predict import run_predictions
-    from pipelines.common.task import PredictOptions, TrainOptions, list_tasks
-
-    names = tasks or list_tasks()
-    examples: dict[str, Any] = {}  # one input per task, for the service's curl examples
+    """Synthetic data, tiny demo checkpoints (trained once, cached in OUT/checkpoints, apart from yours),
+    explained predictions on every input kind, a table of what was written, then the service on 127.0.0.1."""
+    names = list(dict.fromkeys(tasks or task_names()))
     for name in names:
-        t = _task(name)
-        typer.echo(f"[{name}] synthetic data")
-        data = t.synth(out / "data" / name, n=t.demo_synth_n(), seed=seed)
-        typer.echo(f"[{name}] training the tiny preset (a few minutes on CPU)")
-        run = t.train(TrainOptions(data_dir=data, out_dir=out / "runs" / name, preset="tiny", seed=seed))
-        dst = install_checkpoint(run, name)
-        typer.echo(f"[{name}] installed demo checkpoint {dst}")
-        ckpt = load_checkpoint(dst, task=name)
-        options = PredictOptions(explain=True, task=t.parse_options(t.demo_options))
-        predictor = t.load_predictor(ckpt, options)
-        pred_dir = out / "predictions" / name
-        collected = t.collect_inputs(t.demo_inputs(data))
-        if collected.items:
-            examples[name] = collected.items[0]
-        report = run_predictions(predictor, collected, pred_dir, task=name, continue_on_error=True)
-        counts = report.to_dict()["counts"]
-        typer.echo(f"[{name}] predictions: {counts['ok']} ok, {counts['error']} failed -> {pred_dir}")
-    typer.echo("\nWhere to look:")
-    typer.echo(f"  synthetic data:     {out / 'data'}")
-    typer.echo(f"  training runs:      {out / 'runs'} (metrics.json, training_curve.png, MODEL_CARD.md)")
-    typer.echo(f"  predictions:        {out / 'predictions'} (report.json, masks, overlays)")
-    typer.echo(f"  demo checkpoints:   {checkpoints_dir()}")
-    typer.echo("Demo checkpoints are trained on synthetic data: not a medical device, not for diagnosis.")
-    _demo_service(examples, port, serve)
+        _check_task(name)  # before anything is imported or written
+    from app.demo import DEMO_HOST, Demo, output_table, service_lines
+    from app.settings import port_problem
 
-
-def _demo_service(examples: dict[str, Any], port: int, serve: bool) -> None:
-    """The demo's last step: how to call the service, then (unless ``--no-serve``) the service itself."""
-    from pipelines.common.checkpoint import checkpoints_dir
-
-    typer.echo("\nThe service (FastAPI; OpenAPI docs at /docs):")
-    typer.echo(f"  medinfer serve --checkpoints {checkpoints_dir()} --port {port}")
-    typer.echo(f"  curl -s http://127.0.0.1:{port}/readyz")
-    for task, item in examples.items():
-        typer.echo(f"  {_curl_example(task, item, port)}")
+    if serve:
+        problem = port_problem(DEMO_HOST, port)
+        if problem:  # before minutes of training, not after
+            raise _usage_error(f"{problem}; stop it, or pass --port N or --no-serve")
+    demo = Demo(out, seed=seed, retrain=retrain, quiet=quiet, echo=typer.echo)
+    done, examples = demo.run(names)
+    typer.echo(f"\nWhat the demo wrote ({out}/; all of it from synthetic data):")
+    for line in output_table(done):
+        typer.echo(line)
+    typer.echo(
+        "Demo models are trained on synthetic data and say so (synthetic_demo: true in every result, report and "
+        "model listing): not a medical device, not for diagnosis. Your own checkpoints were not touched."
+    )
+    typer.echo("")
+    for line in service_lines(demo.checkpoints, examples, port):
+        typer.echo(line)
     if serve:
         from app.settings import Settings
 
-        _run_server(Settings(checkpoints=checkpoints_dir(), port=port))
+        _run_server(Settings(checkpoints=demo.checkpoints, host=DEMO_HOST, port=port))
 
 
 def main() -> None:

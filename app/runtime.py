@@ -263,6 +263,11 @@ class ModelRuntime:
     def version(self) -> str:
         return self.checkpoint.version if self.checkpoint else "unknown"
 
+    @property
+    def model_info(self) -> dict[str, Any]:
+        """Version and provenance of the loaded model (every response and report carries it)."""
+        return self.checkpoint.model_info() if self.checkpoint else {}
+
     # -- loading ---------------------------------------------------------------------------------
     async def load(self) -> None:
         """Load the checkpoint and predictor in the device thread, warm up, then start the batcher."""

@@ -139,6 +139,25 @@ class ItemOutcome(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
 
 
+class ModelSummary(BaseModel):
+    """The model behind a result: its version and where it comes from."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    task: str
+    model_name: str
+    version: str
+    synthetic_demo: bool = Field(
+        description="The model was trained on synthetic data (every `medinfer demo` model): its outputs on real "
+        "inputs mean nothing."
+    )
+    provenance: dict[str, Any] = Field(
+        default_factory=dict,
+        description="dataset, data_card, seed, trained_at, code_version, synthetic (stands_in_for: the real "
+        "dataset's card, for synthetic data; trained_by: medinfer demo, for demo models).",
+    )
+
+
 class PredictResponse(BaseModel):
     """A synchronous prediction: one outcome per input, and links to the files written."""
 
@@ -148,6 +167,7 @@ class PredictResponse(BaseModel):
     )
     task: str
     checkpoint_version: str
+    model: ModelSummary | None = Field(default=None, description="The model behind these results.")
     results: list[ItemOutcome]
     files: list[FileLink] = Field(default_factory=list)
 
@@ -183,6 +203,7 @@ class JobResult(BaseModel):
     task: str
     state: JobState
     checkpoint_version: str
+    model: ModelSummary | None = Field(default=None, description="The model behind these results.")
     results: list[ItemOutcome]
     files: list[FileLink] = Field(default_factory=list)
 

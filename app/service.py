@@ -390,24 +390,38 @@ class Service:
             raise failure_error(failures)
         if in_memory:
             results = [{**o.result.to_dict(), "files": []} for o in outcomes]
-            return {"id": None, "task": task, "checkpoint_version": rt.version, "results": results, "files": []}
-        return await run_in_threadpool(self._store_prediction, task, rt.version, job_id, list(outcomes))
+            return {
+                "id": None,
+                "task": task,
+                "checkpoint_version": rt.version,
+                "model": rt.model_info,
+                "results": results,
+                "files": [],
+            }
+        return await run_in_threadpool(self._store_prediction, task, rt, job_id, list(outcomes))
 
-    def _store_prediction(self, task: str, version: str, job_id: str, outcomes: list[Outcome]) -> dict[str, Any]:
+    def _store_prediction(self, task: str, rt: ModelRuntime, job_id: str, outcomes: list[Outcome]) -> dict[str, Any]:
         """Link the written files, write the report and keep them as a finished record (worker thread).
 
         The record is kept even when every input failed to write anything (``save`` asked for the report)."""
         store = self.job_store()
         out_dir = store.output_dir(job_id)
         results = self._results(outcomes, out_dir, job_id)
-        Report(task=task, checkpoint=version, results=[o.result for o in outcomes]).write(out_dir)
+        version, model = rt.version, rt.model_info
+        Report(task=task, checkpoint=version, results=[o.result for o in outcomes], model=model).write(out_dir)
         store.create(
-            job_id, task, kind="predict", state="succeeded", checkpoint_version=version, result={"results": results}
+            job_id,
+            task,
+            kind="predict",
+            state="succeeded",
+            checkpoint_version=version,
+            result={"results": results, "model": model},
         )
         return {
             "id": job_id,
             "task": task,
             "checkpoint_version": version,
+            "model": model,
             "results": results,
             "files": self.file_links(job_id),
         }
@@ -513,11 +527,11 @@ class Service:
         for i, item in enumerate(items):
             outcomes.append(await rt.predict_item(item, out_dir, input_dir, wait_for_slot=True))
             await retrying(store.update, rec.id, progress=(i + 1) / len(items))
-        report = Report(task=rec.task, checkpoint=rt.version, results=[o.result for o in outcomes])
+        report = Report(task=rec.task, checkpoint=rt.version, results=[o.result for o in outcomes], model=rt.model_info)
         await run_in_threadpool(report.write, out_dir)
         results = self._results(outcomes, out_dir, rec.id)
         ok = sum(o.failure is None for o in outcomes)
-        result = {"results": results}
+        result = {"results": results, "model": rt.model_info}
         if ok == 0:
             errors = "; ".join(o.result.error or "" for o in outcomes)
             await retrying(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import errno
 import ipaddress
 import os
+import socket
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -203,6 +205,34 @@ class Settings(BaseSettings):
                 f"refusing to listen on {target} without API keys: set MEDINFER_API_KEYS (or "
                 "MEDINFER_API_KEYS_FILE), bind 127.0.0.1, or pass --insecure"
             )
+
+    def check_port(self) -> None:
+        """Refuse a port that cannot be listened on, before any model loads (uvicorn would say so only after).
+
+        Raises:
+            ValueError: the port is in use or not permitted.
+        """
+        problem = port_problem(self.host, self.port)
+        if problem:
+            raise ValueError(f"{problem}; stop what holds it or choose another port (--port)")
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (in use, not permitted), or ``None`` when it can.
+
+    Found by binding a socket with ``SO_REUSEADDR`` as uvicorn does, so that a port held by another server is
+    reported before minutes of loading or training rather than after.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"port {port} on {host} is already in use (another medinfer serve or demo?)"
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
 
 
 def check_environment(environ: Mapping[str, str]) -> None:

@@ -173,6 +173,8 @@ def test_collect_and_predict_through_the_cli(setup: Setup, tmp_path: Path) -> No
     assert code == 0, report
     assert report["task"] == setup.task.name
     assert report["counts"] == {"ok": 2, "error": 0, "skipped": 0}
+    assert report["model"]["synthetic_demo"] is True  # the model's provenance travels with its results
+    assert report["model"]["provenance"]["synthetic"] is True
     for res in report["results"]:
         assert set(res) >= {"input", "status", "outputs", "files", "error", "seconds", "timings"}
         assert res["outputs"], "an input's result holds data"
@@ -199,6 +201,7 @@ def test_predict_through_the_service(setup: Setup, client: TestClient) -> None:
     assert info["synthetic_demo"] is True
     r = client.post(f"/api/v1/models/{name}/explain", files=upload(setup.inputs[0]))
     assert r.status_code == 200, r.text
+    assert r.json()["model"]["synthetic_demo"] is True
     (res,) = r.json()["results"]
     assert res["status"] == "ok", res
     assert res["outputs"]

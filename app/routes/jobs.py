@@ -120,6 +120,7 @@ async def get_result(job_id: str, service: ServiceDep) -> dict[str, Any]:
         "task": rec.task,
         "state": rec.state,
         "checkpoint_version": rec.checkpoint_version,
+        "model": rec.result.get("model"),
         "results": rec.result.get("results", []),
         "files": service.file_links(rec.id),
     }

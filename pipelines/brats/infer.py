@@ -113,4 +113,4 @@ class BratsPredictor(SegmentationPredictor[BratsOptions]):
         }
 
     def model_fields(self) -> dict[str, Any]:
-        return {"name": self.checkpoint.model_name, "head": self.cfg.head, "version": self.checkpoint.version}
+        return {**super().model_fields(), "head": self.cfg.head}

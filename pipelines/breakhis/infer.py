@@ -104,12 +104,12 @@ class BreakhisPredictor(ClassificationPredictor[BreakhisOptions]):
         cam = np.asarray(raw["cam"], dtype=np.float32)
         rgb = prepared.context["_rgb"]
         name = prepared.item.name
-        title = f"Grad-CAM: {label} ({float(np.max(probs)):.2f})"
+        title = f"{label} ({float(np.max(probs)):.2f})"  # plot_cam puts "Grad-CAM" before it
         heat, overlay = plot_cam(
             rgb, cam, out_dir / f"{name}_gradcam.png", out_dir / f"{name}_gradcam_overlay.png", title=title
         )
         output.add("explanation", heat, out_dir)
-        output.add("explanation", overlay, out_dir)
+        output.add("overlay", overlay, out_dir)
         row, col = np.unravel_index(int(np.argmax(cam)), cam.shape)
         height, width = rgb.shape[:2]
         return {

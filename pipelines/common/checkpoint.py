@@ -3,7 +3,12 @@
 Layout (``FORMAT_VERSION`` 1)::
 
     {format_version, task, model_name, model_kwargs, config, state_dict, labels, heads, preprocessing, metrics,
-     provenance{dataset, data_card, seed, trained_at, code_version, synthetic}, extra}
+     provenance{task, dataset, data_card, seed, trained_at, code_version, synthetic, stands_in_for, trained_by},
+     extra}
+
+``provenance.synthetic`` is true for a model trained on data written by ``medinfer synth`` (every demo model);
+its ``data_card`` is then ``synthetic.md`` and ``stands_in_for`` names the card of the real dataset the
+synthetic data imitate. ``trained_by`` is ``"medinfer demo"`` for the demo's models.
 
 ``labels`` lists every output name in order; ``heads`` maps each output head to its labels (checkpoints written
 before heads existed have none, and :meth:`Checkpoint.head_labels` falls back to one head of all labels).
@@ -91,6 +96,16 @@ class Checkpoint:
         """Whether the model was trained on synthetic data (then its outputs on real inputs mean nothing)."""
         return bool(self.provenance.get("synthetic", self.extra.get("synthetic", False)))
 
+    def model_info(self) -> dict[str, Any]:
+        """What every result, report and model listing says about the model behind it (JSON-able)."""
+        return {
+            "task": self.task,
+            "model_name": self.model_name,
+            "version": self.version,
+            "synthetic_demo": self.synthetic_demo,
+            "provenance": dict(self.provenance),
+        }
+
     @property
     def version(self) -> str:
         """A short identifier: the training time stamp and code version."""
@@ -114,15 +129,31 @@ def code_version() -> str:
     return f"{version}+g{sha}" if sha else version
 
 
-def make_provenance(dataset: str, data_card: str, seed: int) -> dict[str, Any]:
-    """Provenance block for a checkpoint trained now."""
-    return {
+def make_provenance(
+    dataset: str, data_card: str, seed: int, *, task: str = "", synthetic: bool = False, stands_in_for: str = ""
+) -> dict[str, Any]:
+    """Provenance block for a checkpoint trained now.
+
+    Args:
+        dataset: the training data's name (its folder's name).
+        data_card: the card of the data it was trained on (``synthetic.md`` for synthetic data).
+        seed: the training seed.
+        task: the task trained.
+        synthetic: the data were written by ``medinfer synth``.
+        stands_in_for: for synthetic data, the card of the real dataset they imitate.
+    """
+    out: dict[str, Any] = {
+        "task": task,
         "dataset": dataset,
         "data_card": data_card,
         "seed": int(seed),
         "trained_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "code_version": code_version(),
+        "synthetic": bool(synthetic),
     }
+    if synthetic and stands_in_for:
+        out["stands_in_for"] = stands_in_for
+    return out
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:

@@ -231,6 +231,7 @@ class ClassificationPredictor(Predictor[OptionsT], abc.ABC):
             data["explanation"] = self.explain(prepared, raw, out_dir, output)
             files += [f.path for f in output.files]
         data["files"] = files
+        data["model"] = self.checkpoint.model_info()  # a result file stands alone: it says which model made it
         output.data = data
         output.add("result", write_json(data, json_path), out_dir)
         self.append_csv(out_dir, name, raw["probs"])

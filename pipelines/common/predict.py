@@ -133,6 +133,8 @@ class Report:
     checkpoint: str
     results: list[ItemResult]
     startup_s: float | None = None
+    #: the model behind the results (:meth:`Checkpoint.model_info`: version, ``synthetic_demo``, provenance)
+    model: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -141,6 +143,8 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         counts = {s: sum(r.status == s for r in self.results) for s in ("ok", "error", "skipped")}
         out: dict[str, Any] = {"task": self.task, "checkpoint": self.checkpoint, "counts": counts}
+        if self.model:
+            out["model"] = self.model
         if self.startup_s is not None and math.isfinite(self.startup_s):
             out["startup_s"] = round(self.startup_s, 4)
         out["results"] = [r.to_dict() for r in self.results]
@@ -554,7 +558,11 @@ def run_predictions(
     if started_at is not None and pipeline.first_prepare_at is not None:
         startup = max(0.0, pipeline.first_prepare_at - started_at)
     report = Report(
-        task=task, checkpoint=str(predictor.checkpoint.path or ""), results=pipeline.results, startup_s=startup
+        task=task,
+        checkpoint=str(predictor.checkpoint.path or ""),
+        results=pipeline.results,
+        startup_s=startup,
+        model=predictor.checkpoint.model_info(),
     )
     report.write(out_dir)
     return report

@@ -175,8 +175,9 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
         return {}
 
     def model_fields(self) -> dict[str, Any]:
-        """What the result says about the model."""
-        return {"name": self.checkpoint.model_name, "version": self.checkpoint.version}
+        """What the result says about the model (:meth:`Checkpoint.model_info`: task, model_name, version,
+        synthetic_demo, provenance), as every task's result does."""
+        return self.checkpoint.model_info()
 
     def segment_codes(self) -> dict[str, SegmentCode]:
         """Region name → coded description (SNOMED CT category and type) for the DICOM SEG.

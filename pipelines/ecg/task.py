@@ -145,11 +145,16 @@ class EcgTask(Task):
         return 300
 
     def demo_inputs(self, data_dir: Path) -> list[str]:
+        """Two records of the test fold as WFDB, and a held-out record as a DICOM 12-lead waveform."""
         from pipelines.ecg.datasets import read_database
 
         df = read_database(data_dir)
-        test = df[df["strat_fold"] == 10].head(8)
-        return [str(Path(data_dir) / f"{f}.hea") for f in test["filename_lr"]]
+        test = df[df["strat_fold"] == 10].head(2)
+        wfdb = [str(Path(data_dir) / f"{f}.hea") for f in test["filename_lr"]]
+        dicom = [
+            p for p in self.example_inputs(Path(data_dir).parent / "ecg_heldout", 2, seed=1000) if p.endswith(".dcm")
+        ]
+        return wfdb + dicom
 
     def example_inputs(self, root: Path, n: int, seed: int) -> list[str]:
         """WFDB records at 100 Hz, and DICOM waveforms at 500 Hz when ``n`` > 1 (alternating)."""

@@ -119,6 +119,3 @@ class ProstatePredictor(SegmentationPredictor[ProstateOptions]):
 
     def result_fields(self, prepared: Prepared) -> dict[str, Any]:
         return {"labels": {"background": 0, **{zone: value for value, zone in enumerate(ZONES, start=1)}}}
-
-    def model_fields(self) -> dict[str, Any]:
-        return {"name": self.checkpoint.model_name, "version": self.checkpoint.version}

@@ -43,9 +43,20 @@ def test_run_folder_contents(brats_tiny_run: Path) -> None:
     ckpt = load_checkpoint(brats_tiny_run)
     assert ckpt.path == brats_tiny_run / "best.pt"
     raw = torch.load(brats_tiny_run / "best.pt", weights_only=True)
-    assert set(raw["provenance"]) == {"dataset", "data_card", "seed", "trained_at", "code_version", "synthetic"}
+    assert set(raw["provenance"]) == {
+        "task",
+        "dataset",
+        "data_card",
+        "seed",
+        "trained_at",
+        "code_version",
+        "synthetic",
+        "stands_in_for",
+    }
     assert raw["provenance"]["synthetic"] is True
+    assert raw["provenance"]["task"] == "brats"
     assert raw["provenance"]["data_card"] == "synthetic.md"
+    assert raw["provenance"]["stands_in_for"] == "brats.md"  # the synthetic data imitate BraTS, not another set
     assert raw["heads"] == {"regions": ["WT", "TC", "ET"]}
     assert raw["labels"] == ["WT", "TC", "ET"]
     assert raw["model_name"] == "brats_nested_unet"

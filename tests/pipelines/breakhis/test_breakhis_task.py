@@ -131,8 +131,8 @@ def test_subtype_model_reports_both_heads_and_explains(tmp_path: Path) -> None:
         assert explanation["class"] == out["subtype"]["prediction"]
         assert 0 <= explanation["peak_xy"][0] <= 700
         assert 0 <= explanation["peak_xy"][1] <= 460
-        pngs = [f["path"] for f in res["files"] if f["role"] == "explanation"]
-        assert len(pngs) == 2
+        pngs = [f["path"] for f in res["files"] if f["role"] in ("explanation", "overlay")]
+        assert len(pngs) == 2  # the heatmap, and the map over the image
         assert all((tmp_path / "out" / p).stat().st_size > 1000 for p in pngs)
     header = (tmp_path / "out" / "predictions.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
     assert header[:3] == ["image", "binary:benign", "binary:malignant"]
@@ -206,9 +206,9 @@ def test_the_service_batches_images_and_explains(client: TestClient, tmp_path: P
     r = client.post("/api/v1/models/breakhis/explain", files=files)
     assert r.status_code == 200, r.text
     res = r.json()["results"][0]
-    assert {f["name"].rsplit("_", 1)[-1] for f in res["files"] if f["role"] == "explanation"} == {
-        "gradcam.png", "overlay.png"
-    }  # fmt: skip
+    roles = {f["name"].rsplit("_", 1)[-1]: f["role"] for f in res["files"]}
+    assert roles["gradcam.png"] == "explanation"
+    assert roles["overlay.png"] == "overlay"  # the map over the image, as the volume tasks' overlays
     info = client.get("/api/v1/models/breakhis").json()
     assert [h["name"] for h in info["heads"]] == ["binary", "subtype"]
     assert client.post("/api/v1/models/breakhis/predict", files={"files": ("x.png", b"junk")}).status_code == 400

@@ -31,7 +31,7 @@ def _ckpt() -> Checkpoint:
         labels=["WT", "TC", "ET"],
         config={"roi_size": [16, 16, 16], "nested": {"a": [1, 2]}},
         metrics={"dice_WT": 0.5},
-        provenance=make_provenance("synthetic", "synthetic.md", 7),
+        provenance=make_provenance("synthetic", "synthetic.md", 7, task="brats"),
         extra={"thresholds": torch.tensor([0.5, 0.25])},
     )
 
@@ -41,7 +41,7 @@ def test_round_trip_rebuilds_the_same_model(tmp_path: Path) -> None:
     path = save_checkpoint(ckpt, tmp_path / "run" / "best.pt")
     raw = torch.load(path, weights_only=True)  # plain data only: no code is unpickled
     assert {"format_version", "task", "model_name", "model_kwargs", "config", "state_dict", "labels"} <= set(raw)
-    assert {"dataset", "data_card", "seed", "trained_at", "code_version"} == set(raw["provenance"])
+    assert {"task", "dataset", "data_card", "seed", "trained_at", "code_version", "synthetic"} == set(raw["provenance"])
     loaded = load_checkpoint(tmp_path / "run")  # a run folder resolves to its best checkpoint
     assert loaded.path == path
     assert loaded.config == ckpt.config
@@ -93,3 +93,21 @@ def test_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert (tmp_path / "installed" / "brats.MODEL_CARD.md").read_text(encoding="utf-8") == "card"
     with pytest.raises(CheckpointError):
         install_checkpoint(run, "ecg")
+
+
+def test_provenance_of_synthetic_data_names_the_real_dataset_it_stands_in_for() -> None:
+    prov = make_provenance("brats", "synthetic.md", 3, task="brats", synthetic=True, stands_in_for="brats.md")
+    assert prov["synthetic"] is True
+    assert prov["stands_in_for"] == "brats.md"
+    assert "stands_in_for" not in make_provenance("BraTS2020", "brats.md", 3, task="brats", stands_in_for="brats.md")
+
+
+def test_model_info_carries_version_provenance_and_the_synthetic_flag() -> None:
+    ckpt = _ckpt()
+    ckpt.provenance = make_provenance("ecg", "synthetic.md", 0, task="ecg", synthetic=True, stands_in_for="ptbxl.md")
+    info = ckpt.model_info()
+    assert info["synthetic_demo"] is True
+    assert info["version"] == ckpt.version
+    assert info["provenance"]["stands_in_for"] == "ptbxl.md"
+    ckpt.provenance["synthetic"] = False
+    assert ckpt.model_info()["synthetic_demo"] is False
