@@ -10,7 +10,9 @@ $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "python3.11 not found; set PYTHON=/path/to/python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
-# torch first, from the pinned CPU build, so the project's range never pulls a CUDA build
+# torch first, at the pinned version, so that the project's range never picks another build. Which build pip
+# takes depends on its index: PyPI's Linux wheel is the CUDA build; a CPU-only index or wheel folder in pip's
+# configuration (as on our CI machines) gives the CPU build.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
@@ -23,6 +25,8 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.cpu
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker/compose.yaml
 
 format: install
 	$(BIN)/ruff format .

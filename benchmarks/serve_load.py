@@ -2,7 +2,7 @@
 
     python benchmarks/serve_load.py [--clients 16 64] [--duration 10] [--mode multipart oip oip-binary]
         [--records 64] [--sampling-rate 500] [--max-batch-size 32] [--max-batch-delay-ms 5]
-        [--checkpoints DIR] [--client asyncio|threads] [--torch-threads N]
+        [--checkpoints DIR] [--client asyncio|threads] [--torch-threads N] [--device cpu|cuda]
 
 It writes ``--records`` distinct synthetic 12-lead WFDB records once (``.hea`` + ``.dat`` at ``--sampling-rate``)
 and every figure cycles through them. Without ``--checkpoints`` it first trains a tiny ecg checkpoint on eight
@@ -138,10 +138,16 @@ def write_records(work: Path, n: int, fs: int) -> list[Record]:
 
 # -- the in-process floor ----------------------------------------------------------------------------------------
 def floor(
-    checkpoints: Path, records: list[Record], batch_size: int, duration: float, work: Path, threads: int | None = None
+    checkpoints: Path,
+    records: list[Record],
+    batch_size: int,
+    duration: float,
+    work: Path,
+    threads: int | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Records per second of prepare → run (batches of ``batch_size``) → finish in this process, per variant
-    (torch's intra-op threads: ``threads``, else as the environment sets them)."""
+    """Records per second of prepare → run (batches of ``batch_size``) → finish in this process on ``device``, per
+    variant (torch's intra-op threads: ``threads``, else as the environment sets them)."""
     import torch
 
     if threads is not None:
@@ -156,7 +162,7 @@ def floor(
         raise FileNotFoundError(f"no {TASK}.pt under {checkpoints}")
     options = task.parse_options({})
     predictor = task.load_predictor(
-        load_checkpoint(path, task=TASK), PredictOptions(device="cpu", batch_size=batch_size, task=options)
+        load_checkpoint(path, task=TASK), PredictOptions(device=device, batch_size=batch_size, task=options)
     )
     predictor.warmup()
     file_items = task.collect_inputs([str(r.header) for r in records]).items
@@ -536,6 +542,7 @@ def main() -> None:
         help="torch intra-op threads of the floor and the server (default: the server's default, "
         "app.runtime.torch_threads)",
     )
+    parser.add_argument("--device", default="cpu", help="device of the floor and the servers: cpu, cuda[:N] or auto")
     args = parser.parse_args()
     if (
         args.records < 1
@@ -567,7 +574,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         from app.settings import Settings
 
         args.torch_threads = torch_threads(Settings())
-    base_floor = floor(checkpoints, records, args.max_batch_size, args.duration, work, args.torch_threads)
+    base_floor = floor(checkpoints, records, args.max_batch_size, args.duration, work, args.torch_threads, args.device)
     records_floor, tensor_floor = base_floor["records_floor_per_s"], base_floor["tensor_floor_per_s"]
 
     queue = max(args.clients) * 2
@@ -586,6 +593,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 queue,
                 work / f"server-{label}.log",
                 args.torch_threads,
+                device=args.device,
             )
         for mode in args.mode:
             req = encode(mode, records, HOST)
@@ -621,7 +629,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "summary": summarize(service, args.mode, args.clients),
         "setup": {
             "task": TASK,
-            "device": "cpu",
+            "device": args.device,
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "server_torch_threads": args.torch_threads,

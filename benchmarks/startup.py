@@ -9,6 +9,7 @@
 Usage::
 
     python benchmarks/startup.py [--repeats 5] [--preset tiny|full] [--brats-shape 96 96 64] [--workdir DIR]
+                                 [--device cpu]
 
 Checkpoints are randomly initialised (``--preset``; loading cost grows with the network) and the inputs synthetic;
 the brats case is small so that its forward pass does not drown the start-up.
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny", choices=["tiny", "full"])
     parser.add_argument("--brats-shape", type=int, nargs=3, default=[96, 96, 64], metavar=("X", "Y", "Z"))
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--device", default="cpu", help="device of the predict runs: cpu, cuda[:N] or auto")
     args = parser.parse_args()
 
     from pipelines.common.checkpoint import save_checkpoint
@@ -103,12 +105,13 @@ def main() -> None:
         "benchmark": "startup",
         "repeats": args.repeats,
         "preset": args.preset,
+        "device": args.device,
         "python": sys.version.split()[0],
         "help": best_of(args.repeats, [*CLI, "--help"], env),
         "models": best_of(args.repeats, [*CLI, "models"], env),
     }
     for task, cmd in predict.items():
-        cmd = [*cmd, "--device", "cpu"]
+        cmd = [*cmd, "--device", args.device]
         result[f"predict_{task}"] = {
             **best_of(args.repeats, cmd, env, work / f"out_{task}" / "report.json"),
             **imports(cmd, env),
