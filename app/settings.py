@@ -55,8 +55,11 @@ class Settings(BaseSettings):
         check_environment(os.environ)
         super().__init__(**values)
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address `medinfer serve` listens on (beyond loopback only with API keys or `MEDINFER_INSECURE`).",
+    )
+    port: int = Field(default=8000, ge=0, le=65535, description="Port `medinfer serve` listens on.")
     checkpoints: Path = Field(
         default_factory=checkpoints_dir,
         description="Installed checkpoints folder, the CLI's: MEDINFER_CHECKPOINTS or ~/.cache/medinfer/checkpoints.",
@@ -64,7 +67,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir, description="Job database, artefacts and uploads.")
     tasks: str = Field(default="", description="Comma-separated tasks to serve; empty: all with a checkpoint.")
     device: str = Field(default="auto", description="auto, cpu or cuda[:N].")
-    amp: bool = True
+    amp: bool = Field(default=True, description="Mixed precision (float16 autocast) on CUDA; never on CPU.")
 
     max_batch_size: int = Field(default=8, ge=1, description="Most requests per forward pass (capped by the model).")
     max_batch_delay_ms: float = Field(default=10.0, ge=0, description="How long the first request of a batch waits.")
@@ -264,3 +267,141 @@ def check_environment(environ: Mapping[str, str]) -> None:
 def get_settings() -> Settings:
     """The process-wide settings (cached; tests pass their own ``Settings`` to ``create_app``)."""
     return Settings()
+
+
+#: what fields whose default comes from a function default to, as a user reads it (the function may read the
+#: environment or the home folder, which a generated table must not); tests check them against the functions
+FACTORY_DEFAULTS: dict[str, str] = {
+    "checkpoints": "~/.cache/medinfer/checkpoints",
+    "data_dir": "~/.cache/medinfer/service",
+}
+#: the marker comments around the generated table in README.md and docs/service.md
+TABLE_BEGIN = (
+    "<!-- settings table: generated from app/settings.py by `python -m app.settings --update FILE`; "
+    "do not edit by hand -->"
+)
+TABLE_END = "<!-- end of settings table -->"
+
+
+def _type_words(annotation: Any) -> str:
+    names = {str: "text", int: "integer", float: "number", bool: "true/false", Path: "path"}
+    args = [a for a in getattr(annotation, "__args__", ()) if a is not type(None)]
+    if annotation in names:
+        return names[annotation]
+    if getattr(annotation, "__origin__", None) is dict:
+        return "JSON object"
+    if len(args) == 1 and args[0] in names:  # X | None
+        return names[args[0]]
+    return str(annotation)
+
+
+def _bounds(metadata: list[Any]) -> str:
+    words = []
+    for item in metadata:
+        for attr, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+            value = getattr(item, attr, None)
+            if value is not None:
+                words.append(f"{sign} {value:g}")
+    return ", ".join(words)
+
+
+def _default_words(default: Any) -> str:
+    """A default as the table shows it: a value in backticks, or ``empty`` / ``none`` in words."""
+    import json
+
+    if default is None:
+        return "none"
+    if isinstance(default, bool):
+        text = str(default).lower()
+    elif isinstance(default, float):
+        text = f"{default:g}"
+    elif isinstance(default, dict):
+        text = json.dumps(default)
+    else:
+        text = str(default)
+    return f"`{text}`" if text else "empty"
+
+
+def settings_markdown_table() -> str:
+    """The Markdown table of every ``MEDINFER_*`` setting of :class:`Settings`: variable, type, default, meaning.
+
+    Built from the class alone (never the environment), so it reads the same on every machine; README.md holds it
+    between :data:`TABLE_BEGIN` and :data:`TABLE_END` (``python -m app.settings --update README.md``).
+
+    Returns:
+        The table, one row per field in declaration order, ending with a newline.
+
+    Raises:
+        ValueError: a field whose default comes from a function missing from :data:`FACTORY_DEFAULTS`, or a field
+            without a description.
+    """
+    rows = ["| Variable | Type | Default | Meaning |", "| --- | --- | --- | --- |"]
+    for name, info in Settings.model_fields.items():
+        if info.default_factory is None:
+            default = _default_words(info.default)
+        elif name in FACTORY_DEFAULTS:
+            default = f"`{FACTORY_DEFAULTS[name]}`"
+        elif info.default_factory in (dict, list):
+            default = _default_words(info.default_factory())
+        else:
+            raise ValueError(f"Settings.{name}: its default comes from a function; add it to FACTORY_DEFAULTS")
+        meaning = info.description
+        if not meaning:
+            raise ValueError(f"Settings.{name} has no description; give the field one")
+        kind = _type_words(info.annotation)
+        bounds = _bounds(info.metadata)
+        kind = f"{kind}, {bounds}" if bounds else kind
+        variable = f"`{ENV_PREFIX}{name.upper()}`"
+        cell = meaning.replace("|", "\\|")  # a pipe would end the cell
+        rows.append(f"| {variable} | {kind} | {default} | {cell} |")
+    return "\n".join(rows) + "\n"
+
+
+def replace_settings_table(text: str) -> str:
+    """``text`` (README.md) with the part between the table's marker lines replaced by the current table.
+
+    Raises:
+        ValueError: the marker lines are missing, repeated or in the wrong order.
+    """
+    begin, end = text.count(TABLE_BEGIN), text.count(TABLE_END)
+    if begin != 1 or end != 1 or text.index(TABLE_BEGIN) > text.index(TABLE_END):
+        raise ValueError(f"expected one line {TABLE_BEGIN!r} and, after it, one line {TABLE_END!r}")
+    head, rest = text.split(TABLE_BEGIN, 1)
+    _, tail = rest.split(TABLE_END, 1)
+    return f"{head}{TABLE_BEGIN}\n{settings_markdown_table()}{TABLE_END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m app.settings --markdown`` prints the table; ``--update FILE`` rewrites FILE's table in place;
+    ``--check FILE`` exits 1 when FILE's table is not the current one."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m app.settings", description=main.__doc__)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--markdown", action="store_true", help="print the settings table")
+    group.add_argument("--update", type=Path, metavar="FILE", help="rewrite the table between FILE's markers")
+    group.add_argument("--check", type=Path, metavar="FILE", help="exit 1 when FILE's table is out of date")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(settings_markdown_table(), end="")
+        return 0
+    path: Path = args.update or args.check
+    try:
+        text = path.read_text(encoding="utf-8")
+        updated = replace_settings_table(text)
+    except (OSError, ValueError) as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        if updated != text:
+            print(f"{path}: the settings table is out of date; run `python -m app.settings --update {path}`")
+            return 1
+        return 0
+    if updated != text:
+        path.write_text(updated, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

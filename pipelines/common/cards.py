@@ -131,3 +131,59 @@ def read_data_card(name: str) -> str | None:
     except OSError as err:
         logger.warning("could not read data card %s: %s", path, err)
         return None
+
+
+def card_sections(text: str) -> list[str]:
+    """The titles of a Markdown card's ``## `` sections, in order (fenced code blocks are skipped).
+
+    Args:
+        text: the card's Markdown.
+
+    Returns:
+        Each level-2 heading's text, without the ``## `` and surrounding blanks.
+    """
+    sections: list[str] = []
+    fenced = False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("## "):
+            sections.append(line[3:].strip())
+    return sections
+
+
+def card_title(text: str) -> str | None:
+    """The dataset a data card describes, from its ``# Data card: <name>`` title line.
+
+    Args:
+        text: the card's Markdown.
+
+    Returns:
+        ``<name>`` as written, or ``None`` when the first level-1 heading is not a data card title.
+    """
+    for line in text.splitlines():
+        if line.startswith("# "):
+            title = line[2:].strip()
+            prefix = "Data card:"
+            if not title.startswith(prefix):
+                return None
+            return title[len(prefix) :].strip() or None
+    return None
+
+
+def dataset_name(card: str) -> str:
+    """The short name of the dataset a data card describes (``ptbxl.md`` → ``PTB-XL``).
+
+    The card's title up to its first parenthesis or comma (``PTB-XL (12-lead ECG)`` → ``PTB-XL``); the card's
+    file name without ``.md`` when the card is missing or has no data card title.
+
+    Args:
+        card: a bare card file name such as ``"ptbxl.md"``.
+    """
+    text = read_data_card(card)
+    title = card_title(text) if text is not None else None
+    if title is None:
+        return card.removesuffix(".md")
+    for stop in (" (", ","):
+        title = title.split(stop, 1)[0]
+    return title.strip() or card.removesuffix(".md")
