@@ -9,7 +9,6 @@ import importlib
 import importlib.util
 import json
 import re
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 import typer
+from medinfer_testlib import cli_probe, run_python
 from typer.testing import CliRunner
 
 import pipelines
@@ -25,46 +25,11 @@ from pipelines.common import catalog
 from pipelines.common import task as task_registry
 from pipelines.common.task import get_task, list_tasks
 
-ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "monai")
-
-# runs the CLI's main as the console script does (after running the files the second argument names, which may
-# register tasks); prints the exit code and which heavy modules it imported
-PROBE = """
-import importlib.util, json, sys
-for i, path in enumerate(json.loads(sys.argv[2])):
-    spec = importlib.util.spec_from_file_location(f"plugin{i}", path)
-    spec.loader.exec_module(importlib.util.module_from_spec(spec))
-sys.argv = ["medinfer", *json.loads(sys.argv[1])]
-from app.cli import main
-try:
-    main()
-except SystemExit as exc:
-    code = exc.code
-else:
-    code = 0
-print(json.dumps({"code": code, "imported": [m for m in HEAVY if m in sys.modules]}))
-"""
 
 
 def _probe(args: list[str], plugins: tuple[Path, ...] = ()) -> tuple[dict, str]:
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            PROBE.replace("HEAVY", repr(HEAVY)),
-            json.dumps(args),
-            json.dumps([str(p) for p in plugins]),
-        ],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        cwd=ROOT,
-        timeout=120,
-    )
-    assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout.strip().splitlines()[-1]), res.stderr
+    return cli_probe(args, HEAVY, plugins)
 
 
 TASKS = "(tasks: brats, breakhis, ecg, prostate)"
@@ -185,9 +150,7 @@ def test_catalog_and_options_modules_import_nothing_heavy() -> None:
         "heavy = ('torch', 'monai', 'numpy', 'scipy', 'pandas', 'models', 'pipelines.common.task')\n"
         "print(json.dumps({'models': models, 'loaded': [m for m in heavy if m in sys.modules]}))\n"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", cwd=ROOT, timeout=120
-    )
+    res = run_python("-c", code)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["loaded"] == []
@@ -206,9 +169,7 @@ def test_an_unknown_task_s_suggestions_load_no_task() -> None:
         "    print(exc)\n"
         "print(sorted(m for m in sys.modules if m.endswith('.task') or m in ('torch', 'monai')))\n"
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", cwd=ROOT, timeout=120
-    )
+    res = run_python("-c", code)
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == ["unknown task 'prostat'; did you mean prostate?", "['pipelines.common.task']"]
 

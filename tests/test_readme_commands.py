@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import typer
+from medinfer_testlib import fenced_blocks
 
 from app.cli import app as cli_app
 from app.task_args import parse_task_args
@@ -35,22 +36,6 @@ READ_OPTIONS = ("data", "checkpoint", "config", "transfer_from", "unlabelled", "
 KEY_HEADER = "Authorization: Bearer $KEY"
 CHECKPOINTS_EXPORT = re.compile(r"^export MEDINFER_CHECKPOINTS=\$PWD/(\S+)$")
 ROLE = re.compile(r"^\w+=")
-
-
-def fenced_blocks(text: str) -> list[list[str]]:
-    """The lines of every fenced code block of a Markdown text."""
-    blocks: list[list[str]] = []
-    current: list[str] | None = None
-    for line in text.splitlines():
-        if line.startswith("```"):
-            if current is None:
-                current = []
-            else:
-                blocks.append(current)
-                current = None
-        elif current is not None:
-            current.append(line)
-    return blocks
 
 
 def shell_lines(block: list[str]) -> list[str]:

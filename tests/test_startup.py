@@ -3,50 +3,23 @@ started (``report.json``'s ``startup_s``)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from medinfer_testlib import cli_probe, run_python
 
-ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "monai", "scipy", "pandas", "wfdb", "pydicom", "matplotlib", "nibabel", "SimpleITK", "sklearn")
-
-# runs the CLI's main as the console script does, then says which heavy modules it imported
-PROBE = """
-import json, sys
-sys.argv = ["medinfer", *json.loads(sys.argv[1])]
-from app.cli import main
-try:
-    main()
-except SystemExit as exc:
-    code = exc.code
-else:
-    code = 0
-print(json.dumps({"code": code, "imported": [m for m in HEAVY if m in sys.modules]}))
-"""
 
 
 def _python(*args: str) -> str:
-    """The standard output of a fresh interpreter run in the repository with ``args`` (which must succeed),
-    decoded as UTF-8 whatever the locale (CI's is ASCII; typer's help draws box characters)."""
-    res = subprocess.run(
-        [sys.executable, *args],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        cwd=ROOT,
-        timeout=120,
-    )
+    """The standard output of a fresh interpreter run in the repository with ``args`` (which must succeed)."""
+    res = run_python(*args)
     assert res.returncode == 0, res.stderr
     return res.stdout
 
 
 def _probe(args: list[str]) -> dict:
-    out = _python("-c", PROBE.replace("HEAVY", repr(HEAVY)), json.dumps(args))
-    return json.loads(out.strip().splitlines()[-1])
+    return cli_probe(args, HEAVY)[0]
 
 
 @pytest.mark.parametrize(

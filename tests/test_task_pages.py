@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import typer
+from medinfer_testlib import fenced_blocks
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -47,22 +48,6 @@ SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 
 
 # -- Markdown and shell helpers ------------------------------------------------------------------------------------
-def fenced_blocks(text: str) -> list[list[str]]:
-    """The lines of every fenced code block of a Markdown text."""
-    blocks: list[list[str]] = []
-    current: list[str] | None = None
-    for line in text.splitlines():
-        if line.lstrip().startswith("```"):
-            if current is None:
-                current = []
-            else:
-                blocks.append(current)
-                current = None
-        elif current is not None:
-            current.append(line)
-    return blocks
-
-
 def prose(text: str) -> str:
     """The text outside fenced blocks and inline code (where links are links)."""
     out: list[str] = []

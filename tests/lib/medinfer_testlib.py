@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import stat
 import struct
+import subprocess
+import sys
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -306,3 +309,64 @@ def bad_input_corpus() -> list[BadInput]:
     add("tif-truncated", "short.tif", lambda: tiff_claiming(64, 64))
     add("unsupported-exe", "virus.exe", lambda: NOISE)
     return out
+
+
+# -- the CLI in a fresh interpreter ---------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[2]
+
+#: runs the CLI's main as the console script does (after running the files the second argument names, which may
+#: register tasks); prints the exit code and which of the modules the third argument names it imported
+_CLI_PROBE = """
+import importlib.util, json, sys
+for i, path in enumerate(json.loads(sys.argv[2])):
+    spec = importlib.util.spec_from_file_location(f"plugin{i}", path)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+heavy = json.loads(sys.argv[3])
+sys.argv = ["medinfer", *json.loads(sys.argv[1])]
+from app.cli import main
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+print(json.dumps({"code": code, "imported": [m for m in heavy if m in sys.modules]}))
+"""
+
+
+def run_python(*args: str) -> subprocess.CompletedProcess[str]:
+    """A fresh interpreter run in the repository with ``args``; its output decoded as UTF-8 whatever the locale
+    (CI's is ASCII)."""
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def cli_probe(args: list[str], heavy: tuple[str, ...], plugins: tuple[Path, ...] = ()) -> tuple[dict, str]:
+    """``medinfer ARGS`` in a fresh interpreter: ({"code": exit code, "imported": which of ``heavy`` it loaded},
+    its standard error). ``plugins`` are Python files run first (they may register tasks)."""
+    res = run_python("-c", _CLI_PROBE, json.dumps(args), json.dumps([str(p) for p in plugins]), json.dumps(list(heavy)))
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.strip().splitlines()[-1]), res.stderr
+
+
+def fenced_blocks(text: str) -> list[list[str]]:
+    """The lines of every fenced code block of a Markdown text (fences may be indented)."""
+    blocks: list[list[str]] = []
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            if current is None:
+                current = []
+            else:
+                blocks.append(current)
+                current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
