@@ -166,6 +166,8 @@ class ClassificationPredictor(Predictor[OptionsT], abc.ABC):
         super().__init__(checkpoint, options)
         self.max_batch = max(1, int(options.batch_size))
         self.heads: list[Head] = self.heads_from_checkpoint()
+        #: what every result says about the model (computed once; results share it and never change it)
+        self.model_info: dict[str, Any] = checkpoint.model_info()
 
     # -- what a classifier supplies ------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -221,6 +223,7 @@ class ClassificationPredictor(Predictor[OptionsT], abc.ABC):
         output = ItemOutput({})
         public = {k: v for k, v in prepared.context.items() if not k.startswith("_")}
         data: dict[str, Any] = {self.id_field: name, **public, **self.head_results(raw["probs"])}
+        data["model"] = self.model_info  # a result says which model made it, in memory or as a file
         if out_dir is None:  # answered from memory (no explanation: see needs_files)
             output.data = {**data, "files": []}
             return output
@@ -231,7 +234,6 @@ class ClassificationPredictor(Predictor[OptionsT], abc.ABC):
             data["explanation"] = self.explain(prepared, raw, out_dir, output)
             files += [f.path for f in output.files]
         data["files"] = files
-        data["model"] = self.checkpoint.model_info()  # a result file stands alone: it says which model made it
         output.data = data
         output.add("result", write_json(data, json_path), out_dir)
         self.append_csv(out_dir, name, raw["probs"])
