@@ -289,6 +289,15 @@ def train_cmd(
             "print.",
         ),
     ] = False,
+    distributed: Annotated[
+        bool,
+        typer.Option(
+            "--distributed",
+            help="Data-parallel training (DDP) under torchrun, one process per GPU (or CPU process): "
+            "torchrun --nproc_per_node N -m app.cli train ... --distributed. The batch size is per process; "
+            "rank 0 logs, validates and writes the run.",
+        ),
+    ] = False,
 ) -> None:
     """Train a model; writes best/last checkpoints, metrics.json, a curve PNG and a model card.
 
@@ -297,6 +306,16 @@ def train_cmd(
     rest = _check_task_args(task, list(ctx.args), train=True)
     if rest:
         raise _usage_error(f"unexpected argument(s): {' '.join(rest)}")
+    if distributed:
+        from pipelines.common.distributed import TORCHRUN_ENV, missing_torchrun_env
+
+        missing = missing_torchrun_env()
+        if missing:
+            raise _usage_error(
+                f"--distributed runs under torchrun, which sets {', '.join(TORCHRUN_ENV)} (missing: "
+                f"{', '.join(missing)}); start it as: torchrun --nproc_per_node N -m app.cli train {task} ... "
+                "--distributed"
+            )
     from pipelines.common.checkpoint import install_checkpoint
     from pipelines.common.task import TrainOptions
 
@@ -317,10 +336,26 @@ def train_cmd(
         task=task_options,
         quiet=quiet,
     )
+    main_process = True
+    if distributed:
+        from pipelines.common import distributed as dist
+
+        try:
+            info = dist.init_distributed(device)
+        except ValueError as exc:
+            raise _usage_error(str(exc)) from exc
+        main_process = info.is_main
+        if not main_process:  # rank 0 alone logs (warnings and errors still show on every rank)
+            logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         run_dir = t.train(opts)
     except ValueError as exc:
         raise _usage_error(str(exc)) from exc
+    finally:
+        if distributed:
+            dist.shutdown()
+    if not main_process:
+        return
     typer.echo(f"run written to {run_dir}")
     if install:
         dst = install_checkpoint(run_dir, task)

@@ -11,6 +11,11 @@ stages, the epoch loop with AMP (CUDA only) and gradient clipping, best/last che
 - ``stages`` and ``run_stage`` when the method trains in stages (ProtoECGNet) or has a stage without
   gradients (prototype projection); ``on_improved`` / ``on_stage_end`` to change what is kept;
 - ``card`` (what the model card says), ``checkpoint_extra`` and ``preprocessing`` (what the checkpoint holds).
+
+Under ``torchrun`` (``medinfer train --distributed``, :mod:`pipelines.common.distributed`) the same loop trains
+data-parallel: each stage's loader is sharded, the step runs under DDP, rank 0 validates, logs and writes; every
+hook runs on every rank (so they all take the same decisions), only :meth:`TrainingRun.save` and the run's
+files are rank 0's.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Generic, TextIO, TypeVar
 import torch
 from torch import nn
 
+from pipelines.common import distributed
 from pipelines.common.checkpoint import BEST_NAME, LAST_NAME, Checkpoint, make_provenance, save_checkpoint
 from pipelines.common.config import TaskConfig, TaskOptions
 from pipelines.common.device import amp_enabled, autocast, resolve_device
@@ -276,7 +282,8 @@ class TrainingRun(abc.ABC, Generic[ConfigT]):
         options: ``medinfer train``'s options (data, run folder, device, seed, the task's training options).
 
     Attributes set by :meth:`run`: ``device``, ``model``, ``history`` (every epoch of every stage, ``epoch``
-    counted across stages), ``stage_metrics`` (per stage), ``synthetic``, ``provenance``.
+    counted across stages), ``stage_metrics`` (per stage), ``synthetic``, ``provenance``, ``dist`` (this
+    process's place under torchrun, ``None`` in a single process).
     """
 
     #: gradient-norm clipping (``None``: off); stated in the model card
@@ -298,6 +305,12 @@ class TrainingRun(abc.ABC, Generic[ConfigT]):
         self.synthetic = False
         self.provenance: dict[str, Any] = {}
         self.progress = TrainProgress(task.name, quiet=options.quiet)
+        self.dist: distributed.DistInfo | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process logs and writes: always in a single process, rank 0 under torchrun."""
+        return self.dist is None or self.dist.is_main
 
     # -- hooks: data and model -----------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -353,6 +366,14 @@ class TrainingRun(abc.ABC, Generic[ConfigT]):
         """Cap on training batches per epoch (``None``: one pass over the loader)."""
         return None
 
+    def find_unused_parameters(self, stage: Stage) -> bool:
+        """Under DDP: whether ``train_step`` may leave some trainable parameters of this stage without a gradient.
+
+        Default ``False``: DDP is built per stage around the parameters that require gradients after the stage
+        froze the rest (ProtoECGNet's stages, breakhis's frozen trunk), so frozen parts never wait for gradients.
+        """
+        return False
+
     def run_stage(self, stage: Stage) -> None:
         """Run one stage: the epoch loop for gradient stages; a task runs its other stages itself."""
         if not stage.gradient:
@@ -399,7 +420,12 @@ class TrainingRun(abc.ABC, Generic[ConfigT]):
         """Seed, read data, build the model, run the stages, write metrics, curve and card; return the run dir."""
         seed_everything(self.options.seed)
         self.device = torch.device(resolve_device(self.options.device))
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.dist = distributed.current()
+        if self.dist is not None:
+            self.device = distributed.process_device(self.device, self.dist)
+            self.progress.quiet = self.progress.quiet or not self.dist.is_main
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         self.synthetic = is_synthetic(self.data_dir)
         self.load_data()
         self.model = self.build_model()
@@ -416,14 +442,17 @@ class TrainingRun(abc.ABC, Generic[ConfigT]):
         stages = self.stages()
         self.progress.begin(stages)
         for stage in stages:
-            logger.info("%s: stage %s (%d epochs)", self.task.name, stage.name, stage.epochs)
+            if self.is_main:
+                logger.info("%s: stage %s (%d epochs)", self.task.name, stage.name, stage.epochs)
             self.progress.stage(stage)
             self.run_stage(stage)
             self.on_stage_end(stage)
         self.finalise()
-        self.write_metrics()
-        self.write_card()
-        (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2), encoding="utf-8")
+        if self.is_main:
+            self.write_metrics()
+            self.write_card()
+            (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2), encoding="utf-8")
+        distributed.barrier()  # the other ranks return once rank 0 has written the run
         return self.out_dir
 
     def fit(self, stage: Stage) -> dict[str, float]:
@@ -433,6 +462,13 @@ class TrainingRun(abc.ABC, Generic[ConfigT]):
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
         optimizer, scheduler = self.configure_optimizers(stage)
         loader = self.make_loader(stage)
+        step: nn.Module | None = None  # the step under DDP (None: a single process calls train_step itself)
+        if self.dist is not None:
+            loader = distributed.shard_loader(loader, self.dist, self.options.seed)
+            step = distributed.wrap_step(
+                self.model, lambda batch: self.train_step(batch, stage), self.device,
+                find_unused_parameters=self.find_unused_parameters(stage),
+            )  # fmt: skip
         cap = self.iterations_per_epoch(stage)
         monitor, mode = self.monitor(stage)
         best_value = -math.inf if mode == "max" else math.inf
@@ -443,6 +479,7 @@ class TrainingRun(abc.ABC, Generic[ConfigT]):
             for epoch in range(1, stage.epochs + 1):
                 t0 = time.perf_counter()
                 self.progress.start_epoch(epoch)
+                distributed.set_epoch(loader, offset + epoch)  # a new shuffle each epoch of every stage
                 self.model.train()
                 losses: list[float] = []
                 for i, batch in enumerate(loader):
@@ -451,7 +488,7 @@ class TrainingRun(abc.ABC, Generic[ConfigT]):
                     batch = to_device(batch, self.device)
                     optimizer.zero_grad(set_to_none=True)
                     with autocast(self.device, self.amp):
-                        loss = self.train_step(batch, stage)
+                        loss = step(batch) if step is not None else self.train_step(batch, stage)
                     if not torch.isfinite(loss):
                         where = f"stage {stage.name}, epoch {epoch}, batch {i}"
                         raise FloatingPointError(f"non-finite training loss in {where}")
@@ -467,8 +504,15 @@ class TrainingRun(abc.ABC, Generic[ConfigT]):
                     scheduler.step()
                 self.model.eval()
                 with torch.no_grad():
-                    val = self.validate(stage)
-                metrics = {"epoch": float(epoch), "train_loss": float(sum(losses) / max(len(losses), 1)), **val}
+                    # under torchrun rank 0 validates on the whole validation set and every rank gets its
+                    # metrics (the same best-epoch decision everywhere) and its buffers (identical weights)
+                    val = self.validate(stage) if self.is_main else {}
+                train_loss = float(sum(losses) / max(len(losses), 1))
+                if self.dist is not None:
+                    val = distributed.broadcast_object(val)
+                    distributed.sync_buffers(self.model)
+                    train_loss = distributed.all_reduce_mean(sum(losses), len(losses))
+                metrics = {"epoch": float(epoch), "train_loss": train_loss, **val}
                 metrics["lr"] = float(optimizer.param_groups[0]["lr"])
                 metrics["seconds"] = time.perf_counter() - t0
                 self.history.append({**metrics, "epoch": float(offset + epoch)})
@@ -479,8 +523,9 @@ class TrainingRun(abc.ABC, Generic[ConfigT]):
                     self.on_improved(stage, epoch, metrics)
                 self.on_epoch_end(stage, epoch, metrics)
                 self.progress.end_epoch(metrics, monitor)
-                logger.info("%s %s epoch %d/%d %s", self.task.name, stage.name, epoch, stage.epochs,
-                            {k: round(v, 4) for k, v in metrics.items()})  # fmt: skip
+                if self.is_main:
+                    logger.info("%s %s epoch %d/%d %s", self.task.name, stage.name, epoch, stage.epochs,
+                                {k: round(v, 4) for k, v in metrics.items()})  # fmt: skip
         finally:
             self.progress.end_stage()
         self.stage_metrics[stage.name] = {"monitor": monitor, "best_epoch": int(best.get("epoch", 0)), **best}
@@ -520,7 +565,10 @@ class TrainingRun(abc.ABC, Generic[ConfigT]):
         return self.checkpoint({}, extra={"untrained": True})
 
     def save(self, name: str, metrics: dict[str, Any]) -> Path:
-        """Write the current model as ``name`` (``best.pt``/``last.pt``) in the run folder."""
+        """Write the current model as ``name`` (``best.pt``/``last.pt``) in the run folder (rank 0 only under
+        torchrun: the other ranks hold the same weights and return the path)."""
+        if not self.is_main:
+            return self.out_dir / name
         return save_checkpoint(self.checkpoint(metrics), self.out_dir / name)
 
     def best_metrics(self) -> dict[str, Any]:
@@ -551,7 +599,14 @@ class TrainingRun(abc.ABC, Generic[ConfigT]):
             else "float32 throughout"
         )
         seed = f"seed {self.options.seed}, device {self.device}"
-        return [f"{clip} [INF: not stated by the paper]", f"{amp} [INF]", seed]
+        notes = [f"{clip} [INF: not stated by the paper]", f"{amp} [INF]", seed]
+        if self.dist is not None:
+            notes.append(
+                f"trained data-parallel on {self.dist.world_size} processes (torchrun, DDP, {self.dist.backend}); "
+                f"the batch size is per process (effective batch {self.dist.world_size} x the config's); batch-norm "
+                "statistics per process, rank 0's kept; validation on rank 0 over the whole validation set"
+            )
+        return notes
 
     def write_card(self) -> Path:
         from models import get_model_spec

@@ -6,14 +6,16 @@ the projection stage (no gradients), per-class thresholds and the model card. Ev
 selected branches together (their parameters and losses are independent, so this equals training them one
 after another with the same batches). Each stage keeps its best epoch by validation macro AUROC (fold 9).
 Per-class thresholds (max F1 on validation) go into the checkpoint with the label partition, the prototype
-sources and the stages run.
+sources and the stages run. Under torchrun (``--distributed``) the projection is sharded across the ranks and
+gathered (:func:`project_sharded`), so it equals a single process's.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterable
+import math
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 
 from models import create_model
 from models.protoecgnet import BRANCH_NAMES, LEADS, PTBXL_LABELS, ProtoECGNet, load_resnet18_2d
+from pipelines.common import distributed
 from pipelines.common.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint, read_state_dict
 from pipelines.common.classification import activate, multilabel_summary
 from pipelines.common.metrics import best_thresholds, macro_auroc
@@ -32,7 +35,14 @@ from pipelines.ecg.losses import PrototypeLossWeights, jaccard_cooccurrence, off
 from pipelines.ecg.stages import STAGE_ORDER, project_prototypes, set_trainable
 from pipelines.ecg.stages import Stage as EcgStage
 
-__all__ = ["EcgRun", "predict_logits"]
+__all__ = [
+    "EcgRun",
+    "apply_projection",
+    "merge_projections",
+    "predict_logits",
+    "project_sharded",
+    "projection_candidates",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +64,126 @@ def predict_logits(model: ProtoECGNet, x: torch.Tensor, batch_size: int, which: 
             logits = o.logits if which == "fusion" else o.branch_logits
         out.append(logits.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.num_labels), np.float32)
+
+
+#: per branch, one candidate per prototype: ``source`` (as :func:`project_prototypes` reports it, ``record_index``
+#: into the whole training set), ``prototype`` (the latent it would become) and ``segment`` (its input segment)
+Candidates = dict[str, list[dict[str, Any]]]
+
+
+def _beats(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether candidate ``a`` replaces ``b``: a higher score, or the same score from an earlier record (a single
+    process keeps the first best record it meets, in record order)."""
+    sa, sb = a["source"]["score"], b["source"]["score"]
+    if sa is None or math.isnan(sa):
+        return False
+    if sb is None or math.isnan(sb) or sa > sb:
+        return True
+    return bool(sa == sb and a["source"]["record_index"] < b["source"]["record_index"])
+
+
+def merge_projections(parts: Sequence[Candidates]) -> Candidates:
+    """The best candidate of each prototype over ``parts`` (shards of the training records); see :func:`_beats`."""
+    if not parts:
+        raise ValueError("no projection candidates to merge")
+    out = {name: list(cands) for name, cands in parts[0].items()}
+    for part in parts[1:]:
+        for name, cands in part.items():
+            out[name] = [c if _beats(c, o) else o for c, o in zip(cands, out[name], strict=True)]
+    return out
+
+
+@torch.no_grad()
+def projection_candidates(
+    model: ProtoECGNet,
+    x: torch.Tensor,
+    y: np.ndarray,
+    record_ids: Sequence[str],
+    *,
+    branches: Iterable[str],
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Candidates:
+    """This rank's projection candidates: the best of batches ``rank``, ``rank + world_size``, ... of ``x``.
+
+    The batches are the ones a single process forms (records ``[i, i + batch_size)``), each projected by
+    :func:`project_prototypes` against the unprojected prototypes, so every similarity is computed exactly as a
+    single process computes it. The model's prototypes are left as they were.
+
+    Args:
+        model: the network.
+        x: (N, 12, L) all training inputs; y: (N, num_labels) their labels; record_ids: their N identifiers.
+        branches: branches to project.
+        batch_size: records per forward pass.
+        rank, world_size: this process's share.
+    """
+    names = list(branches)
+    original = {name: model.branch(name).prototypes.detach().clone() for name in names}
+    y = np.asarray(y)
+
+    def project(start: int, stop: int) -> Candidates:
+        sources, segments = project_prototypes(
+            model, x[start:stop], y[start:stop], list(record_ids[start:stop]), branches=names, batch_size=batch_size
+        )
+        out: Candidates = {}
+        for name in names:
+            b = model.branch(name)
+            protos = b.prototypes.detach().cpu().clone()
+            b.prototypes.data.copy_(original[name])  # the next batch compares with the unprojected prototypes
+            out[name] = []
+            for src in (s for s in sources if s["branch"] == name):  # in prototype order
+                if src["record_index"] is not None:
+                    src = {**src, "record_index": start + src["record_index"]}
+                p = src["prototype"]
+                out[name].append({"source": src, "prototype": protos[p], "segment": segments[name][p]})
+        return out
+
+    parts = [project(0, 0)]  # no records: every prototype as it is, without a source
+    for k, start in enumerate(range(0, x.shape[0], batch_size)):
+        if k % world_size == rank:
+            parts.append(project(start, start + batch_size))
+    return merge_projections(parts)
+
+
+def apply_projection(model: ProtoECGNet, merged: Candidates) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """Set each prototype to its winning candidate; return the sources and segments as :func:`project_prototypes`."""
+    sources: list[dict[str, Any]] = []
+    segments: dict[str, torch.Tensor] = {}
+    for name, cands in merged.items():
+        b = model.branch(name)
+        b.prototypes.data.copy_(torch.stack([c["prototype"] for c in cands]).to(b.prototypes.device))
+        sources += [dict(c["source"]) for c in cands]
+        segments[name] = torch.stack([c["segment"] for c in cands])
+    return sources, segments
+
+
+@torch.no_grad()
+def project_sharded(
+    model: ProtoECGNet,
+    x: torch.Tensor,
+    y: np.ndarray,
+    record_ids: Sequence[str],
+    *,
+    branches: Iterable[str],
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    gather: Callable[[Candidates], list[Candidates]] = distributed.gather_objects,
+) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """Projection with the training batches split across ranks: equal to :func:`project_prototypes` over all.
+
+    Each rank finds its candidates (:func:`projection_candidates`), ``gather`` brings every rank's (in rank
+    order) to every rank, and each prototype takes the best: the highest similarity, ties to the lowest record
+    index (as a single process). Every rank ends with the same prototypes.
+
+    Returns:
+        ``sources`` and ``segments`` as :func:`project_prototypes` returns them.
+    """
+    local = projection_candidates(
+        model, x, y, record_ids, branches=branches, batch_size=batch_size, rank=rank, world_size=world_size
+    )
+    return apply_projection(model, merge_projections(gather(local)))
 
 
 class EcgRun(TrainingRun[EcgConfig]):
@@ -202,10 +332,16 @@ class EcgRun(TrainingRun[EcgConfig]):
         """Projection ("push"): each prototype becomes the best-matching training latent of its class."""
         cfg, model = self.config, self.model
         set_trainable(model, EcgStage.PROJECTION)
-        sources, segments = project_prototypes(
-            model, self.x_train, self.train_data.y, self.train_data.ids, branches=cfg.branches,
-            batch_size=cfg.eval_batch_size,
-        )  # fmt: skip
+        if self.dist is None:
+            sources, segments = project_prototypes(
+                model, self.x_train, self.train_data.y, self.train_data.ids, branches=cfg.branches,
+                batch_size=cfg.eval_batch_size,
+            )  # fmt: skip
+        else:
+            sources, segments = project_sharded(
+                model, self.x_train, self.train_data.y, self.train_data.ids, branches=cfg.branches,
+                batch_size=cfg.eval_batch_size, rank=self.dist.rank, world_size=self.dist.world_size,
+            )  # fmt: skip
         projected = {s["branch"] for s in sources}
         kept = [s for s in self.extra.get("prototype_sources", []) if s["branch"] not in projected]
         self.extra["prototype_sources"] = kept + sources
