@@ -416,11 +416,55 @@ def predict_cmd(
             "beside torch's threads, else 0.",
         ),
     ] = None,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Predict on a Ray cluster (Ray Data): reading in Ray tasks, the model in a pool of Ray actors, "
+            "results written here; the same outputs and report. Inputs must be at the same paths on every node. "
+            "Needs pip install 'medinfer[distributed]'.",
+        ),
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="With --ray: the cluster's head (HOST:6379, or auto). Default: $RAY_ADDRESS, else a local instance.",
+        ),
+    ] = None,
+    num_gpus_per_worker: Annotated[
+        float | None,
+        typer.Option("--num-gpus-per-worker", min=0, help="With --ray: GPUs each model actor holds (default 0)."),
+    ] = None,
+    ray_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--ray-workers",
+            min=1,
+            help="With --ray: model actors (one model load each). Default: the cluster's GPUs over "
+            "--num-gpus-per-worker, else 1.",
+        ),
+    ] = None,
 ) -> None:
     """Predict on inputs; one result per input plus report.json and report.csv. Exit 1 if any input failed."""
     started_at = process_started_at()
     if not _check_task_args(task, list(inputs)):
         raise _usage_error("no inputs given")
+    ray_only = {"--ray-address": ray_address, "--num-gpus-per-worker": num_gpus_per_worker}
+    given = [flag for flag, value in {**ray_only, "--ray-workers": ray_workers}.items() if value is not None]
+    if given and not ray:
+        raise _usage_error(f"{', '.join(given)} only with --ray")
+    if ray and prefetch is not None:
+        raise _usage_error("--prefetch is the single-process run's; with --ray, Ray streams the batches")
+    gpus = num_gpus_per_worker or 0.0
+    if ray:
+        from pipelines.common.ray_predict import RayUnavailable, require_ray, worker_device
+
+        try:
+            require_ray()  # before any model is loaded
+            worker_device(device, gpus)
+        except (RayUnavailable, ValueError) as exc:
+            raise _usage_error(str(exc)) from exc
     from tqdm import tqdm
 
     from pipelines.common.errors import InputError
@@ -430,7 +474,10 @@ def predict_cmd(
     t = _task(task)
     task_options, paths = _task_options(t, list(inputs))  # the same flags as checked above: paths are left
     ckpt = _checkpoint(task, checkpoint)
-    options = PredictOptions(device=device, batch_size=batch_size, amp=amp, explain=explain, task=task_options)
+    # with --ray the model runs in Ray's actors (on ``device``); this process only finishes, on the CPU
+    options = PredictOptions(
+        device="cpu" if ray else device, batch_size=batch_size, amp=amp, explain=explain, task=task_options
+    )
     try:
         collected = t.collect_inputs(paths)
         predictor = t.load_predictor(ckpt, options)
@@ -439,16 +486,40 @@ def predict_cmd(
     if not len(collected):
         raise _usage_error("no inputs found")
     with tqdm(total=len(collected), desc=f"predict {task}", unit="input", file=sys.stderr, disable=None) as bar:
-        report = run_predictions(
-            predictor,
-            collected,
-            out,
-            task=task,
-            continue_on_error=continue_on_error,
-            progress=bar.update,
-            prefetch=prefetch,
-            started_at=started_at,
-        )
+        if ray:
+            from pipelines.common.ray_predict import pool_sizes, ray_session, run_predictions_ray
+
+            try:
+                with ray_session(ray_address) as ray_module:
+                    try:
+                        pool_sizes(ray_module, gpus, ray_workers)
+                    except ValueError as exc:
+                        raise _usage_error(str(exc)) from exc
+                    report = run_predictions_ray(
+                        predictor,
+                        collected,
+                        out,
+                        task=task,
+                        continue_on_error=continue_on_error,
+                        progress=bar.update,
+                        started_at=started_at,
+                        device=device,
+                        num_gpus_per_worker=gpus,
+                        workers=ray_workers,
+                    )
+            except RayUnavailable as exc:
+                raise _usage_error(str(exc)) from exc
+        else:
+            report = run_predictions(
+                predictor,
+                collected,
+                out,
+                task=task,
+                continue_on_error=continue_on_error,
+                progress=bar.update,
+                prefetch=prefetch,
+                started_at=started_at,
+            )
     if report.startup_s is not None:
         logger.info("first input read %.2f s after the process started", report.startup_s)
     counts = report.to_dict()["counts"]

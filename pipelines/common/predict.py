@@ -431,41 +431,59 @@ class _Pipeline:
     def _finish(
         self, readies: list[_Ready], raws: list[Any], run_error: str | None, run_s: float, t_run: float
     ) -> list[ItemResult]:
-        """Finish one batch in input order: its results (an ``InputError`` of ``finish`` is that input's error)."""
-        raw_of = iter(raws)
-        run_share = run_s / max(1, len(raws))
-        out: list[ItemResult] = []
-        for ready in readies:
-            prep = ready.outcome
-            if isinstance(prep, ItemResult):  # prepare's InputError
-                out.append(prep)
-                continue
-            raw = next(raw_of)
-            if run_error is not None:
-                out.append(_result(prep.item, "error", error=run_error))
-                continue
-            t0 = time.perf_counter()
-            try:
-                output = self.predictor.finish(prep, raw, self.out_dir)
-                status, error = "ok", None
-            except InputError as exc:
-                output, status, error = ItemOutput({}), "error", str(exc)
-            finish_s = time.perf_counter() - t0
-            # ``run`` may time itself per input (volumes); otherwise each input gets its share of the batch
-            infer_s = prep.timings.get("infer", run_share)
-            timings = {**prep.timings, "infer": infer_s, "queue": max(0.0, t_run - ready.done)}
-            out.append(
-                _result(
-                    prep.item,
-                    status,
-                    outputs=output.data,
-                    error=error,
-                    seconds=ready.prepare_s + infer_s + finish_s,
-                    timings=timings,
-                    files=output.files,
-                )
+        return finish_batch(self.predictor, self.out_dir, readies, raws, run_error, run_s, t_run)
+
+
+def finish_batch(
+    predictor: Predictor,
+    out_dir: Path,
+    readies: list[_Ready],
+    raws: list[Any],
+    run_error: str | None,
+    run_s: float,
+    t_run: float,
+) -> list[ItemResult]:
+    """Finish one batch in input order: its results (an ``InputError`` of ``finish`` is that input's error).
+
+    ``raws`` are ``run``'s outputs for the prepared inputs among ``readies`` (in order), ``run_error`` the message of
+    an ``InputError`` that ``run`` raised (every prepared input of the batch fails with it), ``run_s`` the batch's
+    forward pass and ``t_run`` when it began, on the clock of the readies' ``done`` (their ``queue`` timing is the
+    difference). Shared by :func:`run_predictions` and the Ray runner (:mod:`pipelines.common.ray_predict`).
+    """
+    raw_of = iter(raws)
+    run_share = run_s / max(1, len(raws))
+    out: list[ItemResult] = []
+    for ready in readies:
+        prep = ready.outcome
+        if isinstance(prep, ItemResult):  # prepare's InputError
+            out.append(prep)
+            continue
+        raw = next(raw_of)
+        if run_error is not None:
+            out.append(_result(prep.item, "error", error=run_error))
+            continue
+        t0 = time.perf_counter()
+        try:
+            output = predictor.finish(prep, raw, out_dir)
+            status, error = "ok", None
+        except InputError as exc:
+            output, status, error = ItemOutput({}), "error", str(exc)
+        finish_s = time.perf_counter() - t0
+        # ``run`` may time itself per input (volumes); otherwise each input gets its share of the batch
+        infer_s = prep.timings.get("infer", run_share)
+        timings = {**prep.timings, "infer": infer_s, "queue": max(0.0, t_run - ready.done)}
+        out.append(
+            _result(
+                prep.item,
+                status,
+                outputs=output.data,
+                error=error,
+                seconds=ready.prepare_s + infer_s + finish_s,
+                timings=timings,
+                files=output.files,
             )
-        return out
+        )
+    return out
 
 
 def run_predictions(
