@@ -546,8 +546,27 @@ def serve_cmd(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Allow listening beyond loopback without API keys.")
     ] = False,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Serve on Ray Serve: the same app as the ingress, one model deployment per task with its replicas "
+            "(MEDINFER_RAY_REPLICAS, MEDINFER_RAY_GPUS_PER_REPLICA...). Needs `pip install 'medinfer[distributed]'`.",
+        ),
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="With --ray: the Ray cluster to join (HEAD:6379, or auto); default: RAY_ADDRESS if set, else a "
+            "local Ray instance.",
+        ),
+    ] = None,
 ) -> None:
-    """Serve every task with a checkpoint over HTTP (FastAPI + uvicorn); settings also from MEDINFER_* variables."""
+    """Serve every task with a checkpoint over HTTP (FastAPI + uvicorn, or Ray Serve with --ray); settings also from
+    MEDINFER_* variables."""
+    if ray_address is not None and not ray:
+        raise _usage_error("--ray-address needs --ray")
     from app.settings import Settings
 
     overrides: dict[str, Any] = {
@@ -567,7 +586,23 @@ def serve_cmd(
         discover_models(settings)  # an unknown task in MEDINFER_TASKS is a usage error, not a crash at startup
     except ValueError as exc:
         raise _usage_error(str(exc)) from exc
-    _run_server(settings)
+    if not ray:
+        _run_server(settings)
+        return
+    try:
+        from app import ray_serve
+    except ImportError as exc:
+        raise _usage_error(f"--ray needs Ray Serve ({exc}): pip install 'medinfer[distributed]'") from exc
+    if ray_address is None and "RAY_ADDRESS" not in os.environ:
+        try:
+            settings.check_port()  # a local Ray's proxy listens here: say so before the models load
+        except ValueError as exc:
+            raise _usage_error(str(exc)) from exc
+    logging.getLogger("app").setLevel(logging.INFO)
+    try:
+        ray_serve.serve_forever(settings, address=ray_address, echo=_echo_err)
+    except ValueError as exc:
+        raise _usage_error(str(exc)) from exc
 
 
 def _run_server(settings: Any) -> None:

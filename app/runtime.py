@@ -264,6 +264,11 @@ class ModelRuntime:
         return self.checkpoint.version if self.checkpoint else "unknown"
 
     @property
+    def max_batch_size(self) -> int:
+        """The most inputs of one forward pass once loaded (0 before)."""
+        return self.batcher.max_batch_size if self.batcher is not None else 0
+
+    @property
     def model_info(self) -> dict[str, Any]:
         """Version and provenance of the loaded model (every response and report carries it)."""
         return self.checkpoint.model_info() if self.checkpoint else {}
@@ -517,7 +522,7 @@ class ModelRuntime:
         Raises:
             QueueFullError: the queue is full and ``wait_for_slot`` is false.
         """
-        assert self.batcher is not None
+        assert self.predictor is not None, f"{self.name} is not loaded"
         if claim is not None:
             return await self._predict(item, out_dir, upload_dir, claim, wait_for_slot=wait_for_slot)
         own = await self._claim_item(item, wait_for_slot=wait_for_slot)

@@ -44,11 +44,14 @@ from app.uploads import UploadRefs, remove_tree, store_uploads, store_uploads_sy
 from pipelines.common.config import ConfigError, TaskOptions
 from pipelines.common.errors import InputError
 from pipelines.common.predict import ItemResult, Report
-from pipelines.common.task import Collected, OutputFile
+from pipelines.common.task import Collected, OutputFile, Task
 
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
+
+#: what makes a served task's runtime: ``(task, checkpoint path, settings, threads, metrics)``
+RuntimeFactory = Callable[[Task, Path | None, Settings, DeviceThreads, Metrics], ModelRuntime]
 
 
 def file_url(job_id: str, rel: str) -> str:
@@ -71,6 +74,8 @@ class Service:
         self.store: JobStore | None = None
         self.metrics = Metrics(job_counts=self._job_counts, queue_depths=self._queue_depths)
         self.runtimes: dict[str, ModelRuntime] = {}
+        #: makes each served task's runtime at start-up (``app.ray_serve`` sets one whose forward pass is remote)
+        self.runtime_factory: RuntimeFactory = ModelRuntime
         self.thread_budgets: dict[str, Any] | None = None  # set at start-up (set_thread_budgets)
         self._grouped: dict[str, Collected] = {}  # job id → its inputs as grouped at submission
         self._cleanup = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cleanup")  # removes request folders
@@ -100,7 +105,7 @@ class Service:
             self.store = JobStore(self.data_dir)
             self.thread_budgets = set_thread_budgets(self.settings)
             for task, ckpt in discover_models(self.settings):
-                self.runtimes[task.name] = ModelRuntime(task, ckpt, self.settings, self.threads, self.metrics)
+                self.runtimes[task.name] = self.runtime_factory(task, ckpt, self.settings, self.threads, self.metrics)
             if not self.runtimes:
                 logger.warning("no task has a checkpoint in %s; nothing to serve", self.settings.checkpoints)
             loop = asyncio.get_running_loop()

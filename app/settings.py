@@ -154,6 +154,47 @@ class Settings(BaseSettings):
     )
     warmup: bool = Field(default=True, description="Run a warm-up input before a model reports ready.")
 
+    ray_replicas: dict[str, int] = Field(
+        default_factory=dict,
+        description="`medinfer serve --ray`: replicas of each task's model deployment, as JSON "
+        "(MEDINFER_RAY_REPLICAS='{\"ecg\": 2}'); a task not named gets 1.",
+    )
+    ray_gpus_per_replica: float = Field(
+        default=0.0,
+        ge=0,
+        description="`medinfer serve --ray`: GPUs each model replica reserves (Ray's num_gpus; a fraction shares "
+        "a GPU between replicas; 0: the replicas run where no GPU is reserved, on the CPU unless MEDINFER_DEVICE "
+        "says otherwise).",
+    )
+    ray_cpus_per_replica: float = Field(
+        default=1.0,
+        ge=0,
+        description="`medinfer serve --ray`: CPUs each model replica reserves (Ray's num_cpus; also its torch "
+        "threads unless MEDINFER_TORCH_THREADS is set). The ingress reserves none.",
+    )
+    ray_max_queued_requests: int = Field(
+        default=-1,
+        ge=-1,
+        description="`medinfer serve --ray`: inputs that wait at the ingress for a busy task's model replicas "
+        "before a request is answered 503 with Retry-After (Ray Serve's max_queued_requests; -1: no bound beyond "
+        "MEDINFER_MAX_QUEUE).",
+    )
+
+    @field_validator("ray_replicas")
+    @classmethod
+    def _replicas_positive(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = {task: n for task, n in value.items() if n < 1}
+        if bad:
+            raise ValueError(f"each task needs at least 1 replica, got {bad}")
+        return value
+
+    @field_validator("ray_max_queued_requests")
+    @classmethod
+    def _queued_not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (no bound) or at least 1 (Ray Serve has no 0)")
+        return value
+
     @field_validator("tasks", "api_keys", mode="before")
     @classmethod
     def _join_lists(cls, value: object) -> object:

@@ -56,7 +56,7 @@ def model_info(rt: ModelRuntime) -> ModelInfo:
         options_schema=task.options_model.model_json_schema(),
         default_options=rt.default_options.model_dump(mode="json"),
         synthetic_demo=ckpt.synthetic_demo if ckpt else False,
-        max_batch_size=rt.batcher.max_batch_size if rt.batcher else 0,
+        max_batch_size=rt.max_batch_size,
         metrics=ckpt.metrics if ckpt else {},
         provenance=ckpt.provenance if ckpt else {},
         model_card=model_card,
