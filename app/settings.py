@@ -157,7 +157,7 @@ class Settings(BaseSettings):
     ray_replicas: dict[str, int] = Field(
         default_factory=dict,
         description="`medinfer serve --ray`: replicas of each task's model deployment, as JSON "
-        "(MEDINFER_RAY_REPLICAS='{\"ecg\": 2}'); a task not named gets 1.",
+        "mapping a task's name to its replicas; a task not named gets 1.",
     )
     ray_gpus_per_replica: float = Field(
         default=0.0,
