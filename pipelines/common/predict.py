@@ -406,11 +406,7 @@ class _Pipeline:
         t_run = time.perf_counter()
         if prepared:
             try:
-                raws = self.predictor.run(prepared)
-                if len(raws) != len(prepared):
-                    raise ValueError(
-                        f"{type(self.predictor).__name__}.run returned {len(raws)} outputs for {len(prepared)} inputs"
-                    )
+                raws = run_batch(self.predictor, prepared)
             except InputError as exc:
                 run_error = str(exc)
             except Exception as exc:  # raised only if batch k-1 does not stop the run, as sequentially
@@ -432,6 +428,18 @@ class _Pipeline:
         self, readies: list[_Ready], raws: list[Any], run_error: str | None, run_s: float, t_run: float
     ) -> list[ItemResult]:
         return finish_batch(self.predictor, self.out_dir, readies, raws, run_error, run_s, t_run)
+
+
+def run_batch(predictor: Predictor, prepared: list[Prepared]) -> list[Any]:
+    """The predictor's forward pass over one batch: one raw output per prepared input.
+
+    Raises:
+        ValueError: ``run`` returned another number of outputs (a bug in the predictor, never the input's fault).
+    """
+    raws = predictor.run(prepared)
+    if len(raws) != len(prepared):
+        raise ValueError(f"{type(predictor).__name__}.run returned {len(raws)} outputs for {len(prepared)} inputs")
+    return raws
 
 
 def finish_batch(

@@ -60,6 +60,7 @@ from pipelines.common.predict import (
     _Ready,
     _result,
     finish_batch,
+    run_batch,
     unique_names,
 )
 from pipelines.common.task import Collected, InputItem, PredictOptions, Predictor, Prepared, get_task
@@ -316,12 +317,7 @@ class ModelWorker:
         t0 = time.perf_counter()
         if prepared:
             try:
-                raws = self.predictor.run(prepared)
-                if len(raws) != len(prepared):
-                    raise ValueError(
-                        f"{type(self.predictor).__name__}.run returned {len(raws)} outputs for {len(prepared)} inputs"
-                    )
-                batch.raws = [_to_cpu(raw) for raw in raws]
+                batch.raws = [_to_cpu(raw) for raw in run_batch(self.predictor, prepared)]
             except InputError as exc:
                 batch.run_error = str(exc)
             except Exception as exc:

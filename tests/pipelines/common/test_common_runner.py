@@ -140,3 +140,16 @@ def test_summarize_skips_non_finite() -> None:
     assert s["median"] == 2.0
     assert s["n"] == 3
     assert math.isnan(summarize([])["mean"])
+
+
+def test_a_run_that_loses_outputs_is_an_error_naming_the_predictor() -> None:
+    """``run_batch`` (the single-process pipeline's and the Ray actors' forward step) checks one output per input."""
+    from pipelines.common.predict import run_batch
+
+    class Short:
+        def run(self, prepared: list) -> list:
+            return prepared[:-1]
+
+    with pytest.raises(ValueError, match=r"Short\.run returned 1 outputs for 2 inputs"):
+        run_batch(Short(), ["a", "b"])  # type: ignore[arg-type, list-item]
+    assert run_batch(type("Whole", (), {"run": lambda self, p: list(p)})(), ["a"]) == ["a"]  # type: ignore[arg-type, list-item]
