@@ -32,8 +32,15 @@ logger = logging.getLogger(__name__)
 
 REPORT_JSON = "report.json"
 REPORT_CSV = "report.csv"
-#: the columns of ``report.csv`` (``name`` and ``source`` last, so the older columns keep their places)
-REPORT_COLUMNS = ("input", "status", "outputs", "error", "seconds", "name", "source")
+#: the leading columns of ``report.csv``; then ``source.<role>`` per input role, then one column per scalar output
+REPORT_COLUMNS = ("input", "status", "error", "seconds", "name")
+#: top-level output keys left out of ``report.csv`` (in ``report.json`` all the same): the model block is the same
+#: on every row, and file lists, explanations and pictures' descriptions are no per-input scalar results
+CSV_EXCLUDED = ("model", "files", "explanation", "preview")
+#: what joins a list of strings (``warnings``, ``positive.rhythm``) into one cell
+CSV_LIST_SEPARATOR = " | "
+#: the prefix of an output column whose name would be a leading or a ``source.`` column's
+CSV_OUTPUTS_PREFIX = "outputs."
 #: names no input may take: ``report.json``/``report.csv`` are the run's own (a classifier writes ``<name>.json``)
 RESERVED_NAMES = (Path(REPORT_JSON).stem,)
 #: batches read and preprocessed ahead of the forward pass unless a predictor says otherwise (``Predictor.prefetch``)
@@ -151,7 +158,8 @@ class Report:
         return out
 
     def write(self, out_dir: Path) -> None:
-        """Write ``report.json`` and ``report.csv``; no cell of the CSV can start a spreadsheet formula.
+        """Write ``report.json`` and ``report.csv`` (:func:`report_table` of the JSON's results); no cell of the CSV
+        can start a spreadsheet formula.
 
         Raises:
             ValueError: a NaN or infinity would reach the JSON (strict JSON has none).
@@ -159,21 +167,82 @@ class Report:
         out_dir.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.to_dict(), indent=2, default=str, allow_nan=False)
         (out_dir / REPORT_JSON).write_text(text, encoding="utf-8")
+        header, rows = report_table(json.loads(text)["results"])
         with (out_dir / REPORT_CSV).open("w", newline="", encoding="utf-8") as fh:
             writer = safe_writer(fh)
-            writer.writerow(REPORT_COLUMNS)
-            for r in self.results:
-                writer.writerow(
-                    [
-                        r.input,
-                        r.status,
-                        json.dumps(r.outputs, default=str, allow_nan=False),
-                        r.error or "",
-                        f"{r.seconds:.4f}",
-                        r.name or "",
-                        json.dumps(r.source) if r.source else "",
-                    ]
-                )
+            writer.writerow(header)
+            writer.writerows(rows)
+
+
+def csv_scalars(value: Any, path: str = "") -> dict[str, Any]:
+    """The scalars of a JSON value by dotted path, as ``report.csv`` writes them.
+
+    A mapping gives its keys' scalars (``volumes_ml.WT``; an empty mapping gives none); a list of strings one
+    cell joined by :data:`CSV_LIST_SEPARATOR`; any other list one entry per element (``shape.0``, ``shape.1``);
+    an empty list one empty cell. Booleans become ``true``/``false``, ``None`` an empty cell; numbers stay
+    numbers (a float is written as Python and JSON write it, unrounded), strings stay strings.
+
+    Args:
+        value: a value parsed from JSON (mappings, lists, strings, numbers, booleans, ``None``).
+        path: the dotted path of ``value`` (``""`` at the top, where a scalar has no column and gives nothing).
+    """
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(csv_scalars(item, f"{path}.{key}" if path else str(key)))
+        return out
+    if not path:
+        return {}
+    if isinstance(value, list):
+        if all(isinstance(v, str) for v in value):  # also the empty list: one empty cell
+            return {path: CSV_LIST_SEPARATOR.join(value)}
+        out = {}
+        for i, item in enumerate(value):
+            out.update(csv_scalars(item, f"{path}.{i}"))
+        return out
+    if isinstance(value, bool):
+        return {path: "true" if value else "false"}
+    if value is None:
+        return {path: ""}
+    return {path: value}
+
+
+def _output_columns(outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """One result's output columns: :func:`csv_scalars` of its outputs less :data:`CSV_EXCLUDED`, a name that is a
+    leading or a ``source.`` column's prefixed with :data:`CSV_OUTPUTS_PREFIX`."""
+    kept = {k: v for k, v in outputs.items() if k not in CSV_EXCLUDED}
+    return {
+        (f"{CSV_OUTPUTS_PREFIX}{name}" if name in REPORT_COLUMNS or name.startswith("source.") else name): value
+        for name, value in csv_scalars(kept).items()
+    }
+
+
+def report_table(results: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """``report.csv``'s header and rows from ``report.json``'s results (:meth:`ItemResult.to_dict`, read back).
+
+    The columns are :data:`REPORT_COLUMNS`, then ``source.<role>`` for every input role, then one column per scalar
+    of the outputs (:func:`csv_scalars`: ``volumes_ml.WT``, ``probabilities.rhythm.AFIB``, ``shape.0``), less
+    :data:`CSV_EXCLUDED`. Each group's columns are the union over all rows in order of first appearance; a row
+    lacking one has an empty cell there. No cell holds JSON.
+    """
+    sources = [{f"source.{role}": path for role, path in (r.get("source") or {}).items()} for r in results]
+    outputs = [_output_columns(r.get("outputs") or {}) for r in results]
+    header = list(REPORT_COLUMNS)
+    for group in (sources, outputs):
+        header += list(dict.fromkeys(name for cells in group for name in cells))
+    rows = []
+    for r, source, output in zip(results, sources, outputs, strict=True):
+        cells = {
+            "input": r["input"],
+            "status": r["status"],
+            "error": r.get("error") or "",
+            "seconds": r.get("seconds", ""),
+            "name": r.get("name") or "",
+            **source,
+            **output,
+        }
+        rows.append([cells.get(name, "") for name in header])
+    return header, rows
 
 
 def _result(item: InputItem, status: str, **fields: Any) -> ItemResult:
