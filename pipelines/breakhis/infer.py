@@ -17,7 +17,7 @@ from pipelines.common.classification import ClassificationPredictor, Head
 from pipelines.common.io import read_rgb_image
 from pipelines.common.task import InputItem, ItemOutput, Prepared
 
-__all__ = ["NATIVE_SIZE", "BreakhisPredictor"]
+__all__ = ["NATIVE_SIZE", "BreakhisPredictor", "cam_peak_xy", "cam_title"]
 
 #: BreakHis images are 700 × 460 (width × height)
 NATIVE_SIZE = (700, 460)
@@ -30,6 +30,33 @@ def benign_malignant_logits(subtype_logits: torch.Tensor) -> torch.Tensor:
     p = torch.softmax(subtype_logits.float(), dim=1)
     pair = torch.stack([p[:, BENIGN_SUBTYPES].sum(1), p[:, MALIGNANT_SUBTYPES].sum(1)], dim=1)
     return torch.log(pair.clamp_min(1e-12))
+
+
+def _top(head: Head, probs: np.ndarray) -> tuple[str, float]:
+    """A softmax head's arg-max class and its probability, rounded as the result's ``probabilities`` are."""
+    best = int(np.argmax(probs))
+    return head.labels[best], round(float(probs[best]), 6)
+
+
+def cam_title(head: str, label: str, probability: float, marginal: tuple[str, float] | None = None) -> str:
+    """The Grad-CAM pictures' title: ``"malignant, p = 0.934 (binary head)"``; with a subtype model's binary
+    marginal, a second line ``"binary marginal: malignant, p = 0.880"``. Probabilities to 3 decimals."""
+    title = f"{label}, p = {probability:.3f} ({head} head)"
+    if marginal is not None:
+        title += f"\nbinary marginal: {marginal[0]}, p = {marginal[1]:.3f}"
+    return title
+
+
+def cam_peak_xy(cam: np.ndarray, width: int, height: int) -> list[float]:
+    """The centre of the map's (first) maximum cell in the image's pixel coordinates ``[x, y]``, to 0.1 pixel.
+
+    Args:
+        cam: ``(h, w)`` map over the whole image.
+        width: the image's width in pixels.
+        height: the image's height in pixels.
+    """
+    row, col = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    return [round((col + 0.5) * width / cam.shape[1], 1), round((row + 0.5) * height / cam.shape[0], 1)]
 
 
 class BreakhisPredictor(ClassificationPredictor[BreakhisOptions]):
@@ -95,30 +122,35 @@ class BreakhisPredictor(ClassificationPredictor[BreakhisOptions]):
         return out, extras
 
     def explain(self, prepared: Prepared, raw: dict[str, Any], out_dir: Path, output: ItemOutput) -> dict[str, Any]:
-        """Grad-CAM of the predicted class on the last convolution: a heatmap PNG and an overlay PNG."""
-        from pipelines.common.plots import plot_cam
+        """Grad-CAM of the predicted class on the last convolution: a heatmap PNG and an overlay PNG, both titled
+        with :func:`cam_title` (the explained head's class and probability; a subtype model's binary marginal too)
+        and with a colour bar; the JSON says the same (``class``, ``probability``, ``title``, ``colorbar``)."""
+        from pipelines.common.plots import CAM_COLORBAR_LABEL, plot_cam
 
-        head = self.heads[-1]
-        probs = raw["probs"][head.name]
-        label = head.labels[int(np.argmax(probs))]
+        head = self.heads[-1]  # the network's own output, whose arg-max grad_cam explains
+        label, probability = _top(head, raw["probs"][head.name])
+        marginal = _top(self.heads[0], raw["probs"][self.heads[0].name]) if self.subtype_model else None
+        title = cam_title(head.name, label, probability, marginal)
         cam = np.asarray(raw["cam"], dtype=np.float32)
         rgb = prepared.context["_rgb"]
         name = prepared.item.name
-        title = f"{label} ({float(np.max(probs)):.2f})"  # plot_cam puts "Grad-CAM" before it
         heat, overlay = plot_cam(
             rgb, cam, out_dir / f"{name}_gradcam.png", out_dir / f"{name}_gradcam_overlay.png", title=title
         )
         output.add("explanation", heat, out_dir)
         output.add("overlay", overlay, out_dir)
-        row, col = np.unravel_index(int(np.argmax(cam)), cam.shape)
         height, width = rgb.shape[:2]
-        return {
+        out: dict[str, Any] = {
             "method": "Grad-CAM",
             "layer": CAM_LAYER,
             "head": head.name,
             "class": label,
-            "peak_xy": [round((col + 0.5) * width / cam.shape[1], 1), round((row + 0.5) * height / cam.shape[0], 1)],
+            "probability": probability,
         }
+        if marginal is not None:
+            out["binary_marginal"] = {"class": marginal[0], "probability": marginal[1]}
+        out |= {"peak_xy": cam_peak_xy(cam, width, height), "title": title, "colorbar": CAM_COLORBAR_LABEL}
+        return out
 
     def warmup(self) -> None:
         size = self.cfg.image_size
