@@ -31,6 +31,9 @@ from pipelines.common.task import InputItem, Prepared
 #: level → colour (edema, necrosis/non-enhancing, enhancing)
 LEVEL_COLORS = {1: "#1f77b4", 2: "#2ca02c", 3: "#d62728"}
 LEVEL_NAMES = ("background", "edema", "necrosis_non_enhancing", "enhancing")
+#: level → the class's name in the preview's legend (the classes drawn; the nested regions WT ⊃ TC ⊃ ET are
+#: unions of them, and the preview states their volumes beside the legend)
+LEVEL_LEGEND = {1: "edema (ED)", 2: "necrosis/non-enhancing (NCR/NET)", 3: "enhancing (ET)"}
 
 #: DICOM SEG descriptions of the regions. Category: SCT 49755003 "Morphologically Abnormal Structure" (CID 7150).
 #: Types (SNOMED CT morphologic abnormalities): WT is the whole abnormal region, tumour and peritumoural edema,
@@ -51,6 +54,7 @@ class BratsPredictor(SegmentationPredictor[BratsOptions]):
 
     options_model = BratsOptions
     modality = "MR"
+    preview_modality = "FLAIR"
 
     def __init__(self, checkpoint: Any, options: Any) -> None:
         self.cfg = BratsConfig.from_checkpoint(checkpoint.config)
@@ -101,9 +105,16 @@ class BratsPredictor(SegmentationPredictor[BratsOptions]):
     def probabilities(self, maps: np.ndarray, prepared: Prepared) -> np.ndarray:
         return self.head.region_probabilities(torch.from_numpy(maps)[None])[0].numpy()
 
+    def probability_names(self, prepared: Prepared) -> list[str]:
+        return list(REGIONS)
+
     def overlay_colors(self, prepared: Prepared, labels: np.ndarray) -> dict[int, str]:
         lookup = LEVEL_TO_LABEL[prepared.context["convention"]]
         return {lookup[level]: color for level, color in LEVEL_COLORS.items()}
+
+    def label_names(self, prepared: Prepared) -> dict[int, str]:
+        lookup = LEVEL_TO_LABEL[prepared.context["convention"]]
+        return {lookup[level]: name for level, name in LEVEL_LEGEND.items()}
 
     def result_fields(self, prepared: Prepared) -> dict[str, Any]:
         convention = prepared.context["convention"]

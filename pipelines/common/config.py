@@ -92,7 +92,11 @@ class VolumeOptions(TaskOptions):
     tta: bool = Field(False, description="Mirror test-time augmentation: average the 8 flips of the three axes.")
     overlap: float = Field(0.5, ge=0.0, le=0.95, description="Overlap of neighbouring sliding windows.")
     sw_batch_size: int = Field(4, ge=1, le=256, description="Sliding windows per forward pass.")
-    overlay: bool = Field(False, description="Also write a preview PNG (largest-lesion axial slice).")
+    overlay: bool = Field(
+        False,
+        description="Also write a preview PNG: three orthogonal views through the largest region, an axial mosaic, "
+        "a legend with volumes in mL.",
+    )
     dicom_seg: bool = Field(
         True,
         description="For a DICOM series input, also write the regions as a DICOM SEG (<case>_seg.dcm) that "

@@ -743,7 +743,15 @@ def stack_channels(vols: Mapping[str, Volume], channels: Sequence[str], label: V
     return data
 
 
-def write_like(array: np.ndarray, ref: Volume, path: Path, dtype: type = np.uint8) -> Path:
+def write_like(
+    array: np.ndarray,
+    ref: Volume,
+    path: Path,
+    dtype: type = np.uint8,
+    *,
+    descrip: str | None = None,
+    estimate_of: str | None = None,
+) -> Path:
     """Write ``array`` as NIfTI in ``ref``'s geometry.
 
     The first three axes must be exactly ``ref``'s shape; a trailing axis (e.g. per-region probabilities)
@@ -751,6 +759,11 @@ def write_like(array: np.ndarray, ref: Volume, path: Path, dtype: type = np.uint
     NIfTI input its qform/sform codes (kept as they are, 0 included), spatial and time units and dim_info.
     Nothing else is copied: no ``descrip``, ``aux_file``, ``db_name``, intent, scaling or extensions, which
     may carry identifiers or describe the input's values rather than the result's.
+
+    Args:
+        descrip: the result's own ``descrip`` (ASCII, cut to the field's 79 bytes).
+        estimate_of: mark the values as an estimate (NIFTI_INTENT_ESTIMATE) of this quantity, named in the
+            header's ``intent_name`` (ASCII, cut to 15 bytes).
 
     Raises:
         ValueError: if the array's spatial shape differs from the reference's.
@@ -774,6 +787,10 @@ def write_like(array: np.ndarray, ref: Volume, path: Path, dtype: type = np.uint
     # the qform first: with both codes 0, readers rebuild the affine from pixdim, which the qform sets
     img.set_qform(ref.affine, code=qform_code)
     img.set_sform(ref.affine, code=sform_code)
+    if descrip is not None:
+        header["descrip"] = descrip.encode("ascii", "replace")[:79]
+    if estimate_of is not None:
+        header.set_intent("estimate", (), name=estimate_of.encode("ascii", "replace").decode("ascii")[:15])
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, str(path))
     return path

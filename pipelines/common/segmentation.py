@@ -4,14 +4,17 @@ The pipeline of one case: read it with its geometry → the task's invertible MO
 ``SlidingWindowInferer`` (gaussian blending) with optional mirror TTA and AMP on CUDA → the task's activation
 of the logits into continuous maps → ``Compose.inverse`` back to the input grid → the task's ``decode`` into a
 label map → :func:`~pipelines.common.io.write_like` (same shape and affine as the input, and of its header the
-geometry fields only), per-region volumes in mL, an overlay PNG and, when explained, the probability maps. When the
+geometry fields only), per-region volumes in mL, a preview PNG (:mod:`pipelines.common.preview`: three orthogonal
+views through the largest region, an axial mosaic, a legend with volumes) and, when explained, one probability map
+per named region. When the
 input is a DICOM series and the ``dicom_seg`` option is on, the regions are also written as a DICOM SEG
 referencing that series (:func:`~pipelines.common.dicom.write_dicom_seg`), coded by the task's ``segment_codes``.
 
 A segmenter subclasses :class:`SegmentationPredictor` and supplies: ``read_case``, ``preprocess_transforms``,
-``roi_size``, ``activate``, ``decode``, ``regions`` (and optionally ``probabilities``, ``overlay_colors``,
-``result_fields``, ``model_fields``, ``segment_codes``, ``explanation_maps``, ``target_spacing``,
-``check_preprocessed``, the ``modality`` it reads). Its options model extends :class:`VolumeOptions`.
+``roi_size``, ``activate``, ``decode``, ``regions`` (and optionally ``probabilities`` with their
+``probability_names``, ``overlay_colors``, ``label_names``, ``result_fields``, ``model_fields``, ``segment_codes``,
+``explanation_maps``, ``target_spacing``, ``check_preprocessed``, the ``modality`` it reads and the
+``preview_modality`` its preview shows). Its options model extends :class:`VolumeOptions`.
 
 Before preprocessing, :meth:`SegmentationPredictor.check_case` refuses what is no case of the task: a DICOM
 series of another modality, a constant channel, two channels holding one image, a volume that resampling to the
@@ -41,6 +44,7 @@ from pipelines.common.device import autocast
 from pipelines.common.dicom import SegmentCode, generic_segment_code, write_dicom_seg
 from pipelines.common.errors import InputError
 from pipelines.common.io import MAX_VOXELS, Volume, write_json, write_like
+from pipelines.common.paths import file_safe_names
 from pipelines.common.task import InputItem, ItemOutput, Predictor, Prepared
 
 if TYPE_CHECKING:
@@ -55,6 +59,7 @@ __all__ = [
     "evaluate_segmentation",
     "mirror_axes",
     "resampled_shape",
+    "write_probability_map",
 ]
 
 #: warn when a voxel is more than this many times the model's target spacing along an axis
@@ -75,7 +80,8 @@ class VolumeCase:
     Args:
         data: the input of the task's preprocessing ``Compose`` (``{"image": MetaTensor (C, X, Y, Z)}``).
         ref: the volume whose grid every output is written in.
-        preview: the channel the overlay shows.
+        preview: the channel the preview (``<case>_overlay.png``) shows; the predictor's ``preview_modality``
+            names it.
         context: anything else the task's ``decode`` or ``result_fields`` need.
         channels: every input volume by channel name, for the checks of
             :meth:`SegmentationPredictor.check_case` (default: ``ref`` alone).
@@ -109,6 +115,13 @@ def _same_image(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.array_equal(a, b))
 
 
+def write_probability_map(values: np.ndarray, ref: Volume, path: Path, region: str) -> Path:
+    """One region's probabilities (X, Y, Z) as a float32 NIfTI in ``ref``'s geometry
+    (:func:`~pipelines.common.io.write_like`), its header naming the region: ``descrip`` ``P(<region>) medinfer``
+    and the intent NIFTI_INTENT_ESTIMATE named after the region."""
+    return write_like(values, ref, path, np.float32, descrip=f"P({region}) medinfer", estimate_of=region)
+
+
 def mirror_axes() -> list[tuple[int, ...]]:
     """The 7 non-empty combinations of the spatial axes (2, 3, 4) of a (B, C, X, Y, Z) tensor."""
     return [c for r in (1, 2, 3) for c in itertools.combinations((2, 3, 4), r)]
@@ -123,6 +136,8 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
     modality: ClassVar[str | None] = None
     #: refuse a case whose volume, resampled to :meth:`target_spacing`, holds more voxels than this
     max_resampled_voxels: ClassVar[int] = MAX_VOXELS
+    #: the name of the image the preview shows (``VolumeCase.preview``): ``FLAIR``, ``T2W``...
+    preview_modality: ClassVar[str] = "image"
 
     def __init__(self, checkpoint: Any, options: Any) -> None:
         super().__init__(checkpoint, options)
@@ -160,6 +175,16 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
     def probabilities(self, maps: np.ndarray, prepared: Prepared) -> np.ndarray:
         """Per-region probabilities (R, X, Y, Z) written when explained (default: the maps themselves)."""
         return maps
+
+    def probability_names(self, prepared: Prepared) -> list[str]:
+        """The names of the R maps :meth:`probabilities` returns, in order; each map is written to
+        ``<case>_prob_<name>.nii.gz`` (default: the checkpoint's labels)."""
+        return list(self.checkpoint.labels)
+
+    def label_names(self, prepared: Prepared) -> Mapping[int, str]:
+        """Label value → the class name the preview's legend shows (default: none; a value without a name is
+        called ``label <value>``)."""
+        return {}
 
     def explanation_maps(self, maps: np.ndarray, prepared: Prepared) -> dict[str, np.ndarray]:
         """Further maps (X, Y, Z) on the input grid written when explained, by role (default: none)."""
@@ -352,14 +377,15 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
         return self.decode(restored, prepared), restored
 
     def write_outputs(self, prepared: Prepared, labels: np.ndarray, maps: np.ndarray, out_dir: Path) -> ItemOutput:
-        """Label map, DICOM SEG (DICOM series inputs), result JSON with region volumes, optional overlay and
-        probability maps."""
+        """Label map, DICOM SEG (DICOM series inputs), result JSON with region volumes, optional preview (its
+        claims in the result's ``preview``) and probability maps (one file per region, ``files["probabilities"]``
+        maps each region to its file)."""
         ref: Volume = prepared.context["ref"]
         options: VolumeOptions = prepared.options
         name = prepared.item.name
         out_dir.mkdir(parents=True, exist_ok=True)
         output = ItemOutput({})
-        files = {
+        files: dict[str, Any] = {
             "segmentation": output.add(
                 "segmentation", write_like(labels, ref, out_dir / f"{name}_pred.nii.gz"), out_dir
             )
@@ -369,15 +395,24 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
         if options.dicom_seg and ref.kind == "dicom" and ref.sources:
             seg_path = self.write_dicom_seg(masks, ref, out_dir / f"{name}_seg.dcm")
             files["dicom_seg"] = output.add("dicom_seg", seg_path, out_dir)
+        preview: dict[str, Any] | None = None
         if options.overlay:
-            files["overlay"] = output.add(
-                "overlay", self.overlay(prepared, labels, out_dir / f"{name}_overlay.png"), out_dir
-            )
+            overlay_path, preview = self.preview(prepared, labels, volumes, out_dir / f"{name}_overlay.png")
+            files["overlay"] = output.add("overlay", overlay_path, out_dir)
         if self.wants_explanation(prepared.item):
             probs = self.probabilities(maps, prepared)
             _refuse_non_finite(probs, prepared, "probabilities")
-            prob_path = write_like(np.moveaxis(probs, 0, -1), ref, out_dir / f"{name}_prob.nii.gz", np.float32)
-            files["probabilities"] = output.add("probabilities", prob_path, out_dir)
+            regions = self.probability_names(prepared)
+            if len(regions) != probs.shape[0]:
+                raise RuntimeError(f"{len(regions)} probability names {regions} for {probs.shape[0]} maps")
+            files["probabilities"] = {
+                region: output.add(
+                    "probabilities",
+                    write_probability_map(probs[i], ref, out_dir / f"{name}_prob_{safe}.nii.gz", region),
+                    out_dir,
+                )
+                for i, (region, safe) in enumerate(zip(regions, file_safe_names(regions), strict=True))
+            }
             for role, volume in self.explanation_maps(maps, prepared).items():
                 path = write_like(volume, ref, out_dir / f"{name}_{role}.nii.gz", np.float32)
                 files[role] = output.add(role, path, out_dir)
@@ -390,6 +425,8 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
             "files": files,
             "model": self.model_fields(),
         }
+        if preview is not None:
+            output.data["preview"] = preview
         warnings = list(prepared.context.get("warnings", []))
         if warnings:  # only when there are some, so that results without any keep their shape
             output.data["warnings"] = warnings
@@ -409,20 +446,26 @@ class SegmentationPredictor(Predictor[VolumeOptionsT], abc.ABC):
             series_description=f"{self.checkpoint.task} segmentation (medinfer, research use)",
         )
 
-    def overlay(self, prepared: Prepared, labels: np.ndarray, path: Path) -> Path:
-        """The preview channel's axial slice with the most foreground, in RAS display, with labels overlaid."""
-        import nibabel as nib
+    def preview(
+        self, prepared: Prepared, labels: np.ndarray, volumes_ml: Mapping[str, float], path: Path
+    ) -> tuple[Path, dict[str, Any]]:
+        """The preview PNG of the label map over the preview channel (:mod:`pipelines.common.preview`) and what it
+        claims, for the result's ``preview``: modality, slices, legend entries (the label classes present, named
+        by :meth:`label_names`, coloured by :meth:`overlay_colors`) and the regions' volumes."""
+        from pipelines.common.preview import plan_preview, preview_figure, save_preview
 
-        from pipelines.common.plots import plot_overlay
-
-        preview: Volume = prepared.context["preview"]
-        ornt = nib.orientations.io_orientation(preview.affine)
-        img = nib.orientations.apply_orientation(preview.array, ornt)
-        lab = nib.orientations.apply_orientation(labels, ornt)
-        z = int(np.argmax((lab > 0).sum(axis=(0, 1))))
-        title = f"{prepared.item.name} (axial {z})"
-        colors = dict(self.overlay_colors(prepared, labels))
-        return plot_overlay(img[:, :, z], lab[:, :, z], colors, path, title=title)
+        image: Volume = prepared.context["preview"]
+        plan = plan_preview(
+            labels,
+            image.affine,
+            case=prepared.item.name,
+            modality=self.preview_modality,
+            names=self.label_names(prepared),
+            colors=self.overlay_colors(prepared, labels),
+            regions_ml=volumes_ml,
+        )
+        save_preview(preview_figure(image.array, labels, image.affine, plan), path)
+        return path, plan.to_json()
 
     def warmup(self) -> None:
         import torch

@@ -21,10 +21,17 @@ from pipelines.prostate.config import ProstateConfig, ProstateOptions
 from pipelines.prostate.losses import disagreement, fuse, split_logits
 from pipelines.prostate.transforms import CHANNELS, WINDOW, preprocess_transforms
 
-__all__ = ["ZONE_COLORS", "ProstatePredictor", "keep_largest_components"]
+__all__ = ["ZONE_COLORS", "ZONE_LEGEND", "ProstatePredictor", "keep_largest_components"]
 
 #: zone label → overlay colour (PZ, TZ, DPU, AFS)
 ZONE_COLORS = {1: "#1f77b4", 2: "#ff7f0e", 3: "#d62728", 4: "#2ca02c"}
+#: zone label → the zone's name in the preview's legend
+ZONE_LEGEND = {
+    1: "peripheral zone (PZ)",
+    2: "transition zone (TZ)",
+    3: "distal prostatic urethra (DPU)",
+    4: "anterior fibromuscular stroma (AFS)",
+}
 #: maps the activation returns: the fused distribution (bg + 4 zones), then the disagreement map
 _N_FUSED = len(ZONES) + 1
 #: SNOMED CT codes of the zones (DICOM CID 6300 prostate anatomy; the DPU is coded as urethra)
@@ -55,6 +62,7 @@ class ProstatePredictor(SegmentationPredictor[ProstateOptions]):
 
     options_model = ProstateOptions
     modality = "MR"
+    preview_modality = "T2W"
 
     def __init__(self, checkpoint: Any, options: Any) -> None:
         self.cfg = ProstateConfig.from_checkpoint(checkpoint.config)
@@ -107,6 +115,9 @@ class ProstatePredictor(SegmentationPredictor[ProstateOptions]):
     def probabilities(self, maps: np.ndarray, prepared: Prepared) -> np.ndarray:
         return maps[1:_N_FUSED]
 
+    def probability_names(self, prepared: Prepared) -> list[str]:
+        return list(ZONES)
+
     def explanation_maps(self, maps: np.ndarray, prepared: Prepared) -> dict[str, np.ndarray]:
         """The paths' disagreement on the shared classes (0 agree … 1 opposite), where to look twice."""
         return {"disagreement": maps[_N_FUSED]}
@@ -116,6 +127,9 @@ class ProstatePredictor(SegmentationPredictor[ProstateOptions]):
 
     def overlay_colors(self, prepared: Prepared, labels: np.ndarray) -> dict[int, str]:
         return dict(ZONE_COLORS)
+
+    def label_names(self, prepared: Prepared) -> dict[int, str]:
+        return dict(ZONE_LEGEND)
 
     def result_fields(self, prepared: Prepared) -> dict[str, Any]:
         return {"labels": {"background": 0, **{zone: value for value, zone in enumerate(ZONES, start=1)}}}

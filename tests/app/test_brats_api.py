@@ -107,9 +107,12 @@ def test_case_as_zip_and_explain_gives_probability_maps(brats_client: TestClient
     assert r.status_code == 200, r.text
     (res,) = r.json()["results"]
     assert res["status"] == "ok", res
-    prob = brats_client.get(role_url(res, "probabilities"))
-    assert prob.status_code == 200
-    assert nifti(prob.content).shape[-1] == 3
+    urls = [f["url"] for f in res["files"] if f["role"] == "probabilities"]
+    assert len(urls) == 3  # WT, TC, ET: one 3D map each
+    for url in urls:
+        prob = brats_client.get(url)
+        assert prob.status_code == 200
+        assert nifti(prob.content).ndim == 3
 
 
 def test_dicom_series_as_zip_runs_as_a_job(brats_client: TestClient, case_dir: Path) -> None:

@@ -66,9 +66,11 @@ def test_prediction_has_input_shape_and_affine(
     np.testing.assert_allclose(out.affine, ref.affine, atol=1e-5)
     assert int(out.header["sform_code"]) == int(ref.header["sform_code"])
     assert set(np.unique(np.asarray(out.dataobj)).tolist()) <= {0, 1, 2, 4}
-    probs = nib.load(str(tmp_path / result["files"]["probabilities"]))
-    assert probs.shape == (*ref.shape, 3)
-    np.testing.assert_allclose(probs.affine, ref.affine, atol=1e-5)
+    assert list(result["files"]["probabilities"]) == ["WT", "TC", "ET"]
+    for name in result["files"]["probabilities"].values():
+        probs = nib.load(str(tmp_path / name))
+        assert probs.shape == ref.shape
+        np.testing.assert_allclose(probs.affine, ref.affine, atol=1e-5)
     assert (tmp_path / result["files"]["overlay"]).stat().st_size > 1000
 
 

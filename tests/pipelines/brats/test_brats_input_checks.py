@@ -60,8 +60,8 @@ def test_a_good_case_gives_outputs_without_warnings_or_the_inputs_header_text(
     assert "warnings" not in result
     src = nib.load(str(paths["t1"]))
     assert isinstance(src, nib.Nifti1Image)
-    for role in ("segmentation", "probabilities"):
-        path = tmp_path / "out" / result["files"][role]
+    for name in (result["files"]["segmentation"], *result["files"]["probabilities"].values()):
+        path = tmp_path / "out" / name
         assert PLANTED[:8] not in gzip.decompress(path.read_bytes())
         out = nib.load(str(path))
         assert isinstance(out, nib.Nifti1Image)

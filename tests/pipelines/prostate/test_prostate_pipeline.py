@@ -145,8 +145,10 @@ def test_predict_writes_zone_map_volumes_and_explanations(cases: list[Path], che
         img = nib.load(str(roles[role]))
         assert img.shape[:3] == ref.shape, role
         np.testing.assert_allclose(img.affine, ref.affine, atol=1e-5)
-    probs = np.asarray(nib.load(str(roles["probabilities"])).dataobj)
-    assert probs.shape[3] == 4
+    prob_files = res["outputs"]["files"]["probabilities"]
+    assert list(prob_files) == ["PZ", "TZ", "DPU", "AFS"]
+    probs = np.stack([np.asarray(nib.load(str(tmp_path / p)).dataobj) for p in prob_files.values()], axis=-1)
+    assert probs.shape == (*ref.shape, 4)
     assert probs.min() >= 0
     assert probs.max() <= 1 + 1e-5
     gap = np.asarray(nib.load(str(roles["disagreement"])).dataobj)
