@@ -330,6 +330,7 @@ class ModelRuntime:
             batch_size=self.settings.max_batch_size,
             amp=self.settings.amp,
             task=self.default_options,
+            defer_pictures=True,  # drawn when a link is first fetched (Service.draw), not while answering
         )
         self.predictor = self.task.load_predictor(self.checkpoint, options)
 

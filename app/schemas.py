@@ -120,6 +120,10 @@ class FileLink(BaseModel):
     role: str | None = Field(
         default=None, description="What the file is (segmentation, probabilities, overlay, explanation, result...)."
     )
+    deferred: bool = Field(
+        default=False,
+        description="Not made yet: drawn when its url is first fetched (an explanation picture); size is 0 until then.",
+    )
 
 
 class ItemOutcome(BaseModel):

@@ -279,15 +279,29 @@ class Service:
         return items, failed
 
     @staticmethod
-    def _link(job_id: str, out_dir: Path, rel: str, role: str | None = None) -> dict[str, Any]:
-        """A result link of one file of a result folder (``rel`` relative to it)."""
+    def _link(job_id: str, out_dir: Path, rel: str, role: str | None = None, deferred: bool = False) -> dict[str, Any]:
+        """A result link of one file of a result folder (``rel`` relative to it); a deferred file not drawn yet
+        says so."""
         path = out_dir / rel
-        size = path.stat().st_size if path.is_file() else 0
-        return {"role": role, "name": rel, "url": file_url(job_id, rel), "size": size}
+        exists = path.is_file()
+        size = path.stat().st_size if exists else 0
+        link = {"role": role, "name": rel, "url": file_url(job_id, rel), "size": size}
+        if deferred and not exists:
+            link["deferred"] = True
+        return link
 
     def _links(self, job_id: str, out_dir: Path, files: list[OutputFile]) -> list[dict[str, Any]]:
         """The links of the files an input wrote (from its typed result, never guessed from strings)."""
-        return [self._link(job_id, out_dir, f.path, f.role) for f in files]
+        return [self._link(job_id, out_dir, f.path, f.role, f.deferred) for f in files]
+
+    def draw(self, task: str, out_dir: Path, rel: str) -> Path | None:
+        """Draw a deferred file of a result of ``task`` (worker thread); ``None`` when it is none.
+
+        Raises:
+            ServiceError: 404/503 when the task's model is not served or not ready.
+        """
+        predictor = self.runtime(task).predictor
+        return None if predictor is None else predictor.draw(out_dir, rel)
 
     def file_links(self, job_id: str) -> list[dict[str, Any]]:
         """Every file of a result folder (the inputs' files and the report)."""

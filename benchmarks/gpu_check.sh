@@ -192,6 +192,7 @@ main() {
     step serve_load 80 json "$PYTHON" "$bench/serve_load.py" --device cuda --duration 2 --clients 32 --records 32
     step startup 50 json "$PYTHON" "$bench/startup.py" --repeats 1 --device cuda
     step ray_predict 60 json "$PYTHON" "$bench/ray_predict.py" --n 256 --device cuda
+    step ecg_explain 40 json "$PYTHON" "$bench/ecg_explain.py" --n 128 --device cuda
     step ecg_read 20 json "$PYTHON" "$bench/ecg_read.py" --n 50 --repeats 2
     step refusals 30 json "$PYTHON" "$bench/refusals.py" --repeat 1
 

@@ -330,9 +330,15 @@ class ProtoBranch(nn.Module):
 
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Branch logits (B, C), similarities (B, P) and FC-head logits (B, C) from one backbone pass."""
+        logits, sims, fc, _ = self.forward_windows(x)
+        return logits, sims, fc
+
+    def forward_windows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward_all` and the per-window similarities (B, P, nW) they average, from one backbone pass."""
         f = self.backbone_features(x)
-        sims = self.window_similarities(self.add_on(f)).mean(dim=-1)
-        return self.classifier(sims), sims, self._fc(f)
+        windows = self.window_similarities(self.add_on(f))
+        sims = windows.mean(dim=-1)
+        return self.classifier(sims), sims, self._fc(f), windows
 
 
 class ProtoECGNet(nn.Module):
@@ -468,18 +474,24 @@ class ProtoECGNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> ProtoOutput:
         """Fusion logits, branch logits and similarities of a batch ``x`` (B, 12, N)."""
+        return self.forward_windows(x)[0]
+
+    def forward_windows(self, x: torch.Tensor) -> tuple[ProtoOutput, dict[str, torch.Tensor]]:
+        """:meth:`forward` and, per branch, the similarity of every prototype to every window (B, P_branch, nW),
+        whose mean over windows the similarities are (nW = 1 for the global prototypes), from the same pass."""
         if x.ndim != 3:
             raise ValueError(f"expected input (B, leads, samples), got shape {tuple(x.shape)}")
         sims, branch_logits = [], x.new_zeros(x.shape[0], self.num_labels)
         feature_logits = x.new_zeros(x.shape[0], self.num_labels)
+        windows = {}
         for name in BRANCH_NAMES:
-            logits, s, fe = self.branch(name).forward_all(x)
+            logits, s, fe, windows[name] = self.branch(name).forward_windows(x)
             index = self.branch_index(name)
             branch_logits = branch_logits.index_copy(1, index, logits.to(branch_logits.dtype))
             feature_logits = feature_logits.index_copy(1, index, fe.to(feature_logits.dtype))
             sims.append(s)
         similarities = torch.cat(sims, dim=1)
-        return ProtoOutput(self.fusion(similarities), branch_logits, similarities, feature_logits)
+        return ProtoOutput(self.fusion(similarities), branch_logits, similarities, feature_logits), windows
 
 
 #: the torchvision key every ResNet-18 state dict has; where it sits tells the prefix (``module.``, ``resnet.``)

@@ -48,7 +48,8 @@ TASKS = "(tasks: brats, breakhis, ecg, prostate)"
         ),
         (
             ["predict", "ecg", "--nope", "x", "-o", "y"],
-            "error: unknown option --nope for task ecg (its options: --sampling-rate, --signal-unit)",
+            "error: unknown option --nope for task ecg; did you mean --no-pictures? (its options: --sampling-rate, "
+            "--signal-unit, --explain-labels, --pictures, --no-pictures)",
         ),
         (
             ["evaluate", "prostate", "--data", "d", "--all-cases"],

@@ -67,7 +67,10 @@ def test_pydicoms_vendor_ecg_is_read_and_explained(tmp_path: Path) -> None:
     assert res["outputs"]["input_fs"] == 1000.0
     assert res["outputs"]["input_seconds"] == 10.0
     assert sum(len(v) for v in res["outputs"]["probabilities"].values()) == 71
-    assert [f["role"] for f in res["files"]].count("explanation") == 3
+    labels = res["outputs"]["explanation"]["labels"]
+    positive = {c for group in res["outputs"]["positive"].values() for c in group}
+    assert {e["label"] for e in labels} == positive
+    assert sorted(f["path"] for f in res["files"] if f["role"] == "explanation") == sorted(e["picture"] for e in labels)
 
 
 PYDICOM_CT5N = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests" / "98892001" / "CT5N"

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
 from fastapi.responses import FileResponse
 from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
 
 from app.errors import ServiceError
 from app.jobs import JobRecord
@@ -142,6 +143,8 @@ async def get_file(job_id: str, path: str, service: ServiceDep) -> FileResponse:
         raise ServiceError(404, f"job {job_id!r} has expired; its results were deleted")
     root = service.job_store().output_dir(job_id).resolve()
     target = (root / path).resolve()
+    if root in target.parents and not target.exists():  # a deferred picture is drawn on its first fetch
+        await run_in_threadpool(service.draw, rec.task, root, target.relative_to(root).as_posix())
     if root not in target.parents or not target.is_file():
         raise ServiceError(404, f"job {job_id!r} has no file {Path(path).name!r}")
     return FileResponse(target, filename=target.name)

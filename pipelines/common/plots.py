@@ -55,32 +55,6 @@ def plot_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
     return path
 
 
-def plot_overlay(image: np.ndarray, labels: np.ndarray, colors: dict[int, str], path: Path, title: str = "") -> Path:
-    """One 2D slice with a label overlay.
-
-    Args:
-        image: (H, W) greyscale slice.
-        labels: (H, W) integer labels.
-        colors: label value → matplotlib colour.
-        path: PNG to write.
-        title: figure title (no patient identifiers).
-    """
-    from matplotlib.colors import ListedColormap
-
-    fig = new_figure((5, 5))
-    ax = fig.subplots()
-    ax.imshow(image.T, cmap="gray", origin="lower")
-    for value, color in colors.items():
-        mask = np.ma.masked_where(labels.T != value, np.ones_like(labels.T, dtype=float))
-        ax.imshow(mask, cmap=ListedColormap([color]), alpha=0.45, origin="lower", vmin=0, vmax=1)
-    ax.set_axis_off()
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    return path
-
-
 def _resize_map(cam: np.ndarray, height: int, width: int) -> np.ndarray:
     """A 2D map resized to ``(height, width)`` with bilinear interpolation (Pillow, float mode)."""
     from PIL import Image

@@ -210,6 +210,8 @@ class PredictOptions:
         amp: mixed precision on CUDA (never on CPU).
         explain: also write the task's explanation.
         task: the task's options (``None``: the task's defaults).
+        defer_pictures: leave the explanation pictures a task can draw later undrawn (recorded as ``deferred``
+            files, drawn by :meth:`Predictor.draw` when asked for: the service, when a link is first fetched).
     """
 
     device: str = "auto"
@@ -217,6 +219,7 @@ class PredictOptions:
     amp: bool = True
     explain: bool = False
     task: TaskOptions | None = None
+    defer_pictures: bool = False
 
 
 @dataclass(frozen=True)
@@ -273,9 +276,11 @@ class OutputFile:
 
     role: str
     path: str
+    #: not written yet: drawn when first asked for (:meth:`Predictor.draw`)
+    deferred: bool = False
 
-    def to_dict(self) -> dict[str, str]:
-        return {"role": self.role, "path": self.path}
+    def to_dict(self) -> dict[str, Any]:
+        return {"role": self.role, "path": self.path, **({"deferred": True} if self.deferred else {})}
 
 
 @dataclass
@@ -285,10 +290,11 @@ class ItemOutput:
     data: dict[str, Any]
     files: list[OutputFile] = field(default_factory=list)
 
-    def add(self, role: str, path: Path, out_dir: Path) -> str:
-        """Record a written file; return its name relative to ``out_dir``."""
+    def add(self, role: str, path: Path, out_dir: Path, *, deferred: bool = False) -> str:
+        """Record a written file (or, ``deferred``, one :meth:`Predictor.draw` makes on request); return its name
+        relative to ``out_dir``."""
         rel = Path(path).relative_to(out_dir).as_posix()
-        self.files.append(OutputFile(role, rel))
+        self.files.append(OutputFile(role, rel, deferred))
         return rel
 
 
@@ -363,6 +369,11 @@ class Predictor(abc.ABC, Generic[OptionsT]):
         runs in the service's event loop: it must only build the result (no file, no long computation).
         """
         return True
+
+    def draw(self, out_dir: Path, rel: str) -> Path | None:
+        """Draw the deferred file ``rel`` (relative to ``out_dir``) of a finished result, from what its ``finish``
+        wrote there; ``None`` when it is no deferred file of this task (the default: a task that defers none)."""
+        return None
 
     def warmup(self) -> None:
         """Run one synthetic input through the model (the service's readiness check)."""

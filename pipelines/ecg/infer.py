@@ -3,6 +3,7 @@ preprocessing a record, ProtoECGNet's similarities and best windows, and the pro
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,16 @@ from pipelines.common.classification import ClassificationPredictor, Head, head_
 from pipelines.common.errors import InputError
 from pipelines.common.task import InputItem, ItemOutput, Prepared
 from pipelines.ecg.config import EcgOptions
-from pipelines.ecg.explain import plot_explanation, top_prototypes
+from pipelines.ecg.explain import (
+    DATA_SUFFIX,
+    PrototypeTable,
+    draw_entry,
+    draw_picture,
+    drawing_data,
+    explain_labels,
+    picture_name,
+    write_drawing_data,
+)
 from pipelines.ecg.readers import EcgRecord, central_window, read_record, unit_scale_to_mv
 from pipelines.ecg.transforms import check_sampling_rate, preprocess_signal
 
@@ -139,45 +149,65 @@ class EcgPredictor(ClassificationPredictor[EcgOptions]):
         return super().finish(prepared, raw, out_dir)
 
     def forward(self, x: torch.Tensor, explain: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        out = self.model(x)
-        extras: dict[str, Any] = {"sims": out.similarities.float().cpu().numpy()}
-        if any(explain):
-            extras["windows"] = self.best_windows(x)
+        """Fusion logits; with explanations, the similarities and every prototype's window similarities of the
+        same pass."""
+        if not any(explain):
+            return {HEAD: self.model(x).logits}, {}
+        out, windows = self.model.forward_windows(x)
+        extras: dict[str, Any] = {
+            "sims": out.similarities.float().cpu().numpy(),
+            "windows": {name: w.float().cpu().numpy() for name, w in windows.items()},
+        }
         return {HEAD: out.logits}, extras
 
     def probabilities(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
         """Fusion probabilities (B, L) of a preprocessed batch (B, 12, N)."""
         return self.predict_arrays(x)[0][HEAD]
 
-    @torch.no_grad()
-    def best_windows(self, x: torch.Tensor) -> dict[str, np.ndarray]:
-        """Per 2D branch, (B, P, 2): the best window of each prototype and its scaled similarity."""
-        out = {}
-        for name in BRANCH_NAMES:
-            b = self.model.branch(name)
-            if b.kind != "2d":
-                continue
-            ws = b.window_similarities(b.latent(x.to(self.device))).float()
-            val, idx = ws.max(dim=-1)
-            out[name] = torch.stack([idx.float(), val], dim=-1).cpu().numpy()
-        return out
+    @functools.cached_property
+    def prototype_table(self) -> PrototypeTable:
+        """The model's prototypes, classes and fusion weights as arrays (made on the first explanation)."""
+        return PrototypeTable.of(self.model, self.checkpoint.labels, self.sources)
 
     def explain(self, prepared: Prepared, raw: dict[str, Any], out_dir: Path, output: ItemOutput) -> dict[str, Any]:
-        """Top-5 prototypes per branch, and a PNG per branch for its most similar prototype."""
-        slices = self.model.prototype_slices()
-        explanation = {}
-        windows = raw.get("windows") or {}
-        for branch in BRANCH_NAMES:
-            sims = raw["sims"][slices[branch]]
-            top = top_prototypes(self.model, branch, sims, windows.get(branch), self.sources, self.fs)
-            explanation[branch] = top
-            if top:
-                seg = self.segments.get(branch)
-                segment = seg[top[0]["prototype"]].float().numpy() if seg is not None else None
-                png = out_dir / f"{prepared.item.name}_explain_{branch}.png"
-                plot_explanation(prepared.data, top[0], segment, png, title=f"{branch}: {top[0]['label']}")
-                output.add("explanation", png, out_dir)
+        """Each predicted-positive label's (and each requested label's) prototypes and logit parts; with
+        ``pictures``, one picture per label on ECG paper (drawn now, or deferred: :meth:`draw`) and the drawing
+        data (``<name>_explain.json``) a front end can draw them from."""
+        options: EcgOptions = prepared.options
+        table = self.prototype_table
+        entries = explain_labels(
+            table, raw["probs"][HEAD], self.thresholds, raw["sims"], raw["windows"], options.explain_labels, self.fs
+        )
+        explanation: dict[str, Any] = {
+            "method": "ProtoECGNet prototypes: logit = bias + sum over prototypes of weight x similarity",
+            "units": {"signal": "mV", "time": "s", "sampling_rate_hz": self.fs},
+            "labels": entries,
+        }
+        if not entries:
+            explanation["note"] = "no label is predicted positive; name labels to explain with explain_labels"
+        if not options.pictures or not entries:
+            return explanation
+        name = prepared.item.name
+        segments = {}
+        for entry in entries:
+            proto = entry["prototypes"][0] if entry["prototypes"] else None
+            seg = self.segments.get(proto["branch"]) if proto else None
+            if proto is not None and seg is not None and proto["source"]["start_sample"] is not None:
+                segments[entry["label"]] = seg[proto["branch_prototype"]].float().numpy()
+            entry["picture"] = picture_name(name, entry["label"])
+        data = drawing_data(prepared.data, self.fs, entries, segments)
+        output.add("explanation_data", write_drawing_data(data, out_dir / f"{name}{DATA_SUFFIX}"), out_dir)
+        defer = self.options.defer_pictures
+        for entry in entries:
+            png = out_dir / entry["picture"]
+            if not defer:
+                draw_entry(data, entry, png)
+            output.add("explanation", png, out_dir, deferred=defer)
         return explanation
+
+    def draw(self, out_dir: Path, rel: str) -> Path | None:
+        """A deferred explanation picture, drawn from the record's ``<name>_explain.json``."""
+        return draw_picture(out_dir, rel)
 
     def warmup(self) -> None:
         x = preprocess_signal(synthetic_waveform(), 100.0, None, "<warmup>", highpass_hz=self.highpass_hz)

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 
 from pipelines.common.config import TaskOptions
 from pipelines.ecg.rates import MAX_FS, MIN_FS, SAMPLING_RATE, rate_problem
+from pipelines.ecg.statements import STATEMENTS
 
 __all__ = ["STAGES", "EcgOptions", "EcgTrainOptions", "options_model", "train_options_model"]
 
@@ -47,6 +48,35 @@ class EcgOptions(TaskOptions):
         None,
         description="Unit of CSV/NPY values (default mV), and of WFDB/DICOM channels whose file gives none.",
     )
+
+    explain_labels: tuple[str, ...] = Field(
+        (),
+        description="With explanations: labels to explain besides the predicted positives, as PTB-XL statement "
+        "codes separated by commas (e.g. STE_,INVT).",
+    )
+    pictures: bool = Field(
+        True,
+        description="With explanations: draw one picture per explained label (the service draws each when its link is "
+        "first fetched); --no-pictures writes the explanation JSON only.",
+    )
+
+    @field_validator("explain_labels", mode="before")
+    @classmethod
+    def _labels(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = value.split(",")
+        if not isinstance(value, list | tuple) or not all(isinstance(c, str) for c in value):
+            raise ValueError("expected statement codes separated by commas, or a list of codes")
+        codes = [c.strip() for c in value]
+        codes = [c for c in codes if c]
+        unknown = [c for c in codes if c not in STATEMENTS]
+        if unknown:
+            upper = {k.upper(): k for k in STATEMENTS}
+            hints = [f"{c} (did you mean {upper[c.upper()]}?)" if c.upper() in upper else c for c in unknown]
+            raise ValueError(f"unknown PTB-XL statement code {', '.join(hints)}; the codes are {', '.join(STATEMENTS)}")
+        return tuple(dict.fromkeys(codes))
 
     @field_validator("sampling_rate")
     @classmethod

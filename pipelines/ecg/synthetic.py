@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from models.protoecgnet import LEADS, PTBXL_LABELS
+from pipelines.ecg.statements import STATEMENTS
 
 __all__ = ["GENERATED_LABELS", "LEAD_GROUPS", "beat_bank", "compose_record", "make_labels", "write_synthetic_ptbxl"]
 
@@ -45,23 +46,11 @@ _BANK_RATES = (50, 75, 120)
 #: drives labels, rates, cycle choice, stretching, amplitudes and noise.
 BANK_SEED = 0
 
-# statement → (description, diagnostic, form, rhythm) for scp_statements.csv
+# statement → (diagnostic, form, rhythm) for scp_statements.csv (descriptions: pipelines.ecg.statements)
 _RHYTHM = ("SR", "AFIB", "STACH", "SARRH", "SBRAD", "PACE", "SVARR", "BIGU", "AFLT", "SVTAC", "PSVT", "TRIGU")
 _FORM_ONLY: tuple[str, ...] = ("ABQRS", "PVC", "STD_", "VCLVH", "QWAVE", "LOWT", "NT_", "PAC", "LPR", "INVT")
 _FORM_ONLY += ("LVOLT", "HVOLT", "TAB_", "STE_", "PRC(S)")
 _DIAG_FORM = ("NDT", "NST_", "DIG", "LNGQT")
-_DESCRIPTIONS = {
-    "NORM": "normal ECG",
-    "SR": "sinus rhythm",
-    "AFIB": "atrial fibrillation",
-    "STACH": "sinus tachycardia",
-    "SBRAD": "sinus bradycardia",
-    "IVCD": "non-specific intraventricular conduction disturbance (block)",
-    "STE_": "non-specific ST elevation",
-    "STD_": "non-specific ST depression",
-    "INVT": "inverted T-waves",
-    "LVOLT": "low QRS voltages in the frontal and horizontal leads",
-}
 
 
 @functools.lru_cache(maxsize=1)
@@ -213,7 +202,7 @@ def _write_scp_statements(path: Path) -> None:
         rows.append(
             {
                 "": code,
-                "description": _DESCRIPTIONS.get(code, f"PTB-XL statement {code} (not generated synthetically)"),
+                "description": STATEMENTS[code],
                 "diagnostic": 1.0 if diagnostic else np.nan,
                 "form": 1.0 if form else np.nan,
                 "rhythm": 1.0 if rhythm else np.nan,

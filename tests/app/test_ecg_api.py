@@ -61,14 +61,28 @@ def test_save_keeps_the_result_as_files(ecg_client: TestClient, record: Path) ->
 
 
 def test_explain_gives_prototypes(ecg_client: TestClient, record: Path) -> None:
-    r = ecg_client.post("/api/v1/models/ecg/explain", files=wfdb_files(record))
+    """The explanation is in the answer; its pictures are drawn when their links are first fetched."""
+    r = ecg_client.post(
+        "/api/v1/models/ecg/explain", files=wfdb_files(record), data={"options": '{"explain_labels": "NORM"}'}
+    )
     assert r.status_code == 200, r.text
-    outputs = r.json()["results"][0]["outputs"]
-    assert set(outputs["explanation"]) >= {"rhythm", "morphology", "diffuse"}
-    pngs = [f["url"] for f in r.json()["results"][0]["files"] if f["role"] == "explanation"]
-    assert len(pngs) == 3
-    assert all(p.endswith(".png") for p in pngs)
-    assert ecg_client.get(pngs[0]).headers["content-type"] == "image/png"
+    (res,) = r.json()["results"]
+    labels = res["outputs"]["explanation"]["labels"]
+    positive = {c for group in res["outputs"]["positive"].values() for c in group}
+    assert {e["label"] for e in labels} == positive | {"NORM"}
+    pictures = [f for f in res["files"] if f["role"] == "explanation"]
+    assert sorted(f["name"] for f in pictures) == sorted(e["picture"] for e in labels)
+    assert all(f["deferred"] and f["size"] == 0 for f in pictures)
+    (data,) = [f for f in res["files"] if f["role"] == "explanation_data"]
+    assert ecg_client.get(data["url"]).json()["signal"]["shape"] == [12, 1000]
+    got = ecg_client.get(pictures[0]["url"])
+    assert got.status_code == 200
+    assert got.headers["content-type"] == "image/png"
+    assert got.content.startswith(b"\x89PNG")
+    again = ecg_client.get(pictures[0]["url"])  # drawn once, then served as a file
+    assert again.content == got.content
+    missing = pictures[0]["url"].replace("_explain_", "_explain_X")
+    assert ecg_client.get(missing).status_code == 404
 
 
 def test_csv_with_a_rate_option(ecg_client: TestClient, record: Path) -> None:

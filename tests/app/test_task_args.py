@@ -115,7 +115,12 @@ def test_models_lists_heads_and_options() -> None:
         "labels",
     }
     assert {f["name"] for f in brats["train_option_flags"]} == {"all_cases"}
-    assert {f["name"] for f in tasks["ecg"]["option_flags"]} == {"sampling_rate", "signal_unit"}
+    assert {f["name"] for f in tasks["ecg"]["option_flags"]} == {
+        "sampling_rate",
+        "signal_unit",
+        "explain_labels",
+        "pictures",
+    }
     branches = tasks["ecg"]["branches"]
     assert {k: len(v) for k, v in branches.items()} == {"rhythm": 16, "morphology": 52, "diffuse": 3}
     text = CliRunner().invoke(app, ["models"]).output

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipelines.common.plots import plot_cam, plot_confusion_matrix, plot_curves, plot_overlay
+from pipelines.common.plots import plot_cam, plot_confusion_matrix, plot_curves
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -61,16 +61,27 @@ def test_drawing_leaves_pyplot_unimported(tmp_path: Path) -> None:
 
 
 def _ecg_explanation(path: Path, seed: int) -> Path:
-    from pipelines.ecg.explain import plot_explanation
+    from pipelines.common.plots import save_figure
+    from pipelines.ecg.explain import explanation_figure
 
     rng = np.random.default_rng(seed)
+    window = {"index": 3, "start_sample": 100, "end_sample": 250, "start_s": 1.0, "end_s": 2.5, "similarity": 2.0}
+    source = {"record_id": "7", "start_sample": 100, "end_sample": 200, "start_s": 1.0, "end_s": 2.0, "score": 0.1}
+    proto = {"prototype": 3, "label": "NORM", "similarity": 0.5, "weight": 1.0, "contribution": 0.5}
     entry = {
-        "prototype": 3,
-        "label": "NORM",
-        "window": {"start_s": 1.0, "end_s": 2.5},
-        "source": {"record_id": 7, "start_sample": 100, "end_sample": 200},
-    }
-    return plot_explanation(rng.normal(size=(12, 1000)), entry, rng.normal(size=(12, 100)), path, title="t")
+        "label": "NORM", "name": "normal ECG", "probability": 0.7, "threshold": 0.5, "positive": True,
+        "requested": False, "logit": 0.8, "bias": 0.1, "own_prototypes": 0.5, "other_prototypes": 0.2,
+        "prototypes": [{**proto, "window": window, "source": source}],
+    }  # fmt: skip
+    figure = explanation_figure(rng.normal(size=(12, 1000)), entry, rng.normal(size=(12, 100)))
+    return save_figure(figure, path, 100, colors=64)
+
+
+def _preview(volume: np.ndarray, labels: np.ndarray, path: Path) -> Path:
+    from pipelines.common.preview import plan_preview, preview_figure, save_preview
+
+    plan = plan_preview(labels, np.eye(4), case="c", modality="T2W", names={}, colors={}, regions_ml={})
+    return save_preview(preview_figure(volume, labels, np.eye(4), plan), path)
 
 
 def _plots(seed: int) -> list[Callable[[Path], object]]:
@@ -80,12 +91,14 @@ def _plots(seed: int) -> list[Callable[[Path], object]]:
     cam = rng.random((6, 8))
     cm = rng.integers(0, 20, size=(3, 3))
     history = [{"epoch": e, "loss": float(rng.random()), "val_dice": float(rng.random())} for e in range(5)]
-    labels = rng.integers(0, 3, size=(32, 32))
+    labels = np.zeros((24, 20, 16), dtype=np.uint8)
+    labels[5:15, 4:12, 3:10] = rng.integers(1, 3, size=(10, 8, 7))
+    volume = rng.random((24, 20, 16)) * 100
     return [
+        lambda d: _preview(volume, labels, d / "ov.png"),
         lambda d: plot_cam(image, cam, d / "heat.png", d / "overlay.png", title=f"s{seed}"),
         lambda d: plot_confusion_matrix(cm, ["a", "b", "c"], d / "cm.png", title=f"s{seed}"),
         lambda d: plot_curves(history, d / "curves.png"),
-        lambda d: plot_overlay(labels * 10.0, labels, {1: "red", 2: "blue"}, d / "ov.png", f"s{seed}"),
     ]
 
 
@@ -127,7 +140,8 @@ def test_plots_from_several_threads_at_once_match_serial_ones(tmp_path: Path) ->
         drawn = list(pool.map(worker, range(threads)))
     for seed, images in enumerate(drawn):
         if seed == 0:
-            assert images.pop("ecg.png").shape == (840, 910, 3)  # 13 × 12 inches at 70 dpi
+            # ECG paper at 100 dpi: 16 + (10 s + 0.28 s pulse) · 25 + 14 + 45 + 6 mm wide, 11 + 19 mV · 10 + 27 mm high
+            assert images.pop("ecg.png").shape == (897, 1330, 3)
         assert sorted(images) == ["cm.png", "curves.png", "heat.png", "ov.png", "overlay.png"]
         for name, pixels in images.items():
             assert pixels.shape == serial[seed][name].shape, (seed, name)

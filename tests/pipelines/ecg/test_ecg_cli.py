@@ -74,7 +74,8 @@ def test_predict_with_explanation(ecg_synth_data: Path, ecg_tiny_run: Path, tmp_
     np.save(npy, rec.p_signal.T)
     out = tmp_path / "out"
     args = ["predict", "ecg", str(hea), str(dcm), str(npy), "-o", str(out), "--checkpoint", str(ecg_tiny_run)]
-    res = CliRunner().invoke(app, [*args, "--explain", "--sampling-rate", "500", "--batch-size", "2"])
+    explain = ["--explain", "--explain-labels", "SR,NORM,STE_"]
+    res = CliRunner().invoke(app, [*args, *explain, "--sampling-rate", "500", "--batch-size", "2"])
     assert res.exit_code == 0, res.output
     report = json.loads((out / "report.json").read_text())
     assert report["counts"] == {"ok": 3, "error": 0, "skipped": 0}
@@ -82,12 +83,16 @@ def test_predict_with_explanation(ecg_synth_data: Path, ecg_tiny_run: Path, tmp_
     for o in outputs:
         assert set(o["probabilities"]) == {"rhythm", "morphology", "diffuse"}
         assert sum(len(v) for v in o["probabilities"].values()) == 71
-        for top in o["explanation"].values():
-            assert len(top) == 5
-            assert all(t["source"]["record_id"] is not None for t in top if t["label"] in ("SR", "NORM"))
-        w = o["explanation"]["morphology"][0]["window"]
+        labels = {e["label"]: e for e in o["explanation"]["labels"]}
+        assert set(labels) == {c for group in o["positive"].values() for c in group} | {"SR", "NORM", "STE_"}
+        for e in labels.values():
+            assert len(e["prototypes"]) == 2  # the tiny preset: 2 prototypes per class, all listed (top 3)
+            assert all(p["label"] == e["label"] for p in e["prototypes"])
+        assert all(p["source"]["record_id"] is not None for c in ("SR", "NORM") for p in labels[c]["prototypes"])
+        w = labels["STE_"]["prototypes"][0]["window"]
         assert 90 <= w["end_sample"] - w["start_sample"] <= 95  # time-localised: 3 of 32 columns
-        assert o["explanation"]["diffuse"][0]["window"]["end_sample"] == 1000
+        assert labels["NORM"]["prototypes"][0]["window"]["end_sample"] == 1000  # diffuse: global
+        assert {f"{e['picture']}" for e in labels.values()} <= set(o["files"])
         for f in o["files"]:
             assert (out / f).is_file()
     # the same ECG through WFDB, DICOM and NPY gives the same probabilities (DICOM stores 1 µV steps)

@@ -522,10 +522,11 @@ def test_non_finite_similarities_never_reach_an_explanation(predictor: EcgPredic
     with pytest.raises(InputError, match="prototype similarities are not finite") as err:
         predictor.finish(prepared, raw, tmp_path / "out")
     assert str(hea) in str(err.value)
-    # without an explanation the similarities reach no JSON, and the probabilities are finite: a result
+    # without an explanation no similarities are kept (they reach no JSON), and the probabilities are finite
     plain = predictor.prepare(_item(hea))
     (raw,) = predictor.run([plain])
-    raw["sims"] = np.full_like(raw["sims"], np.nan)
+    assert "sims" not in raw
+    assert "windows" not in raw
     out = predictor.finish(plain, raw, tmp_path / "out")
     assert "explanation" not in out.data
 
