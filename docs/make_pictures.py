@@ -4,8 +4,8 @@
     .venv/bin/python docs/make_pictures.py [--demo demo_output]
 
 For each task the first file of the preferred role in the demo's ``predictions/<task>/report.json`` is taken
-(brats and prostate: the segmentation overlay; breakhis: the Grad-CAM overlay; ecg: the prototype explanation
-plot), and
+(brats and prostate: the segmentation preview; breakhis: the Grad-CAM overlay; ecg: a prototype explanation on
+ECG paper, one whose prototype matched a window when there is one), and
 each run's training curve beside it. Pictures are re-encoded as optimised PNGs and must stay under 1 MB each
 (nothing larger is committed). Prints JSON: what was copied from where.
 """
@@ -26,14 +26,30 @@ MAX_BYTES = 1_000_000
 ROLES = {"brats": "overlay", "prostate": "overlay", "breakhis": "overlay", "ecg": "explanation"}
 
 
+def localised_pictures(result: dict) -> set[str]:
+    """The ECG explanation pictures of a result whose top prototype matched a window, not the whole record (they
+    show more than a shaded record)."""
+    labels = result.get("outputs", {}).get("explanation", {}).get("labels", [])
+    return {
+        e["picture"]
+        for e in labels
+        if e.get("picture") and e["prototypes"] and e["prototypes"][0]["window"]["start_sample"] > 0
+    }
+
+
 def first_png(report: Path, role: str) -> Path | None:
-    """The first PNG of ``role`` that a prediction report lists."""
+    """The first PNG of ``role`` that a prediction report lists (for ECG explanations, the first of a prototype
+    matched in a window, when there is one)."""
     data = json.loads(report.read_text(encoding="utf-8"))
-    for result in data.get("results", []):
-        for f in result.get("files", []):
-            if f["role"] == role and f["path"].lower().endswith(".png"):
-                return report.parent / f["path"]
-    return None
+    pngs = [
+        (f["path"], result)
+        for result in data.get("results", [])
+        for f in result.get("files", [])
+        if f["role"] == role and f["path"].lower().endswith(".png")
+    ]
+    preferred = [path for path, result in pngs if path in localised_pictures(result)]
+    chosen = preferred[0] if preferred else (pngs[0][0] if pngs else None)
+    return None if chosen is None else report.parent / chosen
 
 
 def save_small(src: Path, dst: Path) -> Path:
