@@ -89,11 +89,21 @@ class Volume:
     @property
     def spacing(self) -> np.ndarray:
         """Voxel size in mm along each array axis."""
-        return np.linalg.norm(self.affine[:3, :3], axis=0)
+        return affine_spacing(self.affine)
 
     @property
     def voxel_volume_ml(self) -> float:
-        return float(abs(np.linalg.det(self.affine[:3, :3])) / 1000.0)
+        return affine_voxel_ml(self.affine)
+
+
+def affine_spacing(affine: np.ndarray) -> np.ndarray:
+    """Voxel size in mm along each array axis of a 4×4 voxel → mm affine."""
+    return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+
+
+def affine_voxel_ml(affine: np.ndarray) -> float:
+    """One voxel's volume in mL (1 mL = 1000 mm³) under a 4×4 voxel → mm affine."""
+    return float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])) / 1000.0)
 
 
 def has_suffix(path: Path, suffixes: tuple[str, ...]) -> bool:
@@ -115,7 +125,7 @@ def check_geometry(affine: np.ndarray, path: Path) -> np.ndarray:
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
         raise InputError(path, "geometry (voxel-to-world affine) holds NaN or infinite values; the grid is unknown")
-    sizes = np.linalg.norm(affine[:3, :3], axis=0)
+    sizes = affine_spacing(affine)
     lo, hi = VOXEL_MM_RANGE
     if sizes.min() < lo or sizes.max() > hi:
         raise InputError(path, f"voxel size {_mm(sizes)} is outside {lo:g}–{hi:g} mm; the header's geometry is broken")

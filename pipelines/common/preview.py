@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipelines.common.io import affine_spacing, affine_voxel_ml
 from pipelines.common.plots import new_figure
 
 if TYPE_CHECKING:
@@ -204,7 +205,7 @@ def _to_ras(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
 
 def _ras_spacing(affine: np.ndarray, ornt: np.ndarray) -> np.ndarray:
     """Voxel size in mm along each RAS axis of the reoriented array."""
-    spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    spacing = affine_spacing(affine)
     out = np.ones(3)
     for axis, (ras_axis, _) in enumerate(ornt):
         out[int(ras_axis)] = spacing[axis]
@@ -344,7 +345,7 @@ def plan_preview(
         views[view] = ViewSlice(view, ras_axis, centre[ras_axis], axis, index)
     z_axis = views["axial"].input_axis
     mosaic_input = tuple(_input_index(ornt, labels.shape, 2, z)[1] for z in mosaic)
-    voxel_ml = float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])) / 1000.0)
+    voxel_ml = affine_voxel_ml(affine)
     legend = []
     counts = _counts(lab[box]) if box is not None else {}
     for i, (value, count) in enumerate(sorted(counts.items())):

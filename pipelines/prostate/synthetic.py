@@ -25,6 +25,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from pipelines.common.dicom import write_dicom_series
+from pipelines.common.io import affine_spacing
 from pipelines.prostate.datasets import IMAGE_NAMES, LABEL_NAMES
 
 #: file names of one case (the layout the prostate task reads)
@@ -75,7 +76,7 @@ class Grid:
 
     @property
     def spacing(self) -> np.ndarray:
-        return np.linalg.norm(self.affine[:3, :3], axis=0)
+        return affine_spacing(self.affine)
 
     def world(self) -> np.ndarray:
         """World (RAS mm) coordinates of every voxel centre, ``(X, Y, Z, 3)`` float32."""
