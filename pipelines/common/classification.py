@@ -87,6 +87,10 @@ class Head:
         if self.thresholds and len(self.thresholds) != len(self.labels):
             raise ValueError(f"head {self.name!r}: {len(self.thresholds)} thresholds for {len(self.labels)} labels")
 
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """The decisions (C,) of a sigmoid head: each probability at or above its class's threshold."""
+        return np.asarray(probs) >= np.asarray(self.thresholds)
+
     def result(self, probs: np.ndarray) -> dict[str, Any]:
         """Probabilities and decisions of one input, grouped when the head has groups."""
         if self.activation == "softmax":
@@ -96,7 +100,7 @@ class Head:
                 "prediction": self.labels[best],
                 "confidence": round(float(probs[best]), 6),
             }
-        decisions = probs >= np.asarray(self.thresholds)
+        decisions = self.decide(probs)
         parts = self.groups or {"": tuple(range(len(self.labels)))}
         out: dict[str, Any] = {"probabilities": {}, "decisions": {}, "positive": {}}
         for group, idx in parts.items():
@@ -119,7 +123,7 @@ class Head:
         values = [f"{p:.6f}" for p in probs]
         if self.activation == "softmax":
             return values, [self.labels[int(np.argmax(probs))]]
-        return values, (probs >= np.asarray(self.thresholds)).astype(int).tolist()
+        return values, self.decide(probs).astype(int).tolist()
 
 
 def balanced_class_weights(counts: Sequence[int] | np.ndarray) -> np.ndarray:

@@ -164,6 +164,7 @@ def explain_labels(
     table: PrototypeTable,
     probs: np.ndarray,
     thresholds: np.ndarray,
+    positive: np.ndarray,
     sims: np.ndarray,
     windows: dict[str, np.ndarray],
     requested: Sequence[str] = (),
@@ -174,7 +175,8 @@ def explain_labels(
 
     Args:
         table: the model's :class:`PrototypeTable`.
-        probs: (L,) probabilities; ``thresholds``: (L,) decision thresholds.
+        probs: (L,) probabilities; ``thresholds``: (L,) decision thresholds; ``positive``: (L,) the decisions
+            (``Head.decide``).
         sims: (P,) the record's prototype similarities (what the fusion layer weighs).
         windows: per branch, (P_branch, nW) the similarity of each prototype to each window.
         requested: label codes to explain whatever their decision.
@@ -188,7 +190,7 @@ def explain_labels(
     """
     sims = np.asarray(sims, dtype=np.float64)
     wanted = set(requested)
-    chosen = [i for i, c in enumerate(table.labels) if probs[i] >= thresholds[i] or c in wanted]
+    chosen = [i for i, c in enumerate(table.labels) if positive[i] or c in wanted]
     out = []
     for i in chosen:
         contributions = table.weight[i] * sims
@@ -203,7 +205,7 @@ def explain_labels(
                 "branch": table.branch_of[int(own[0])] if len(own) else None,
                 "probability": round(float(probs[i]), 6),
                 "threshold": round(float(thresholds[i]), 6),
-                "positive": bool(probs[i] >= thresholds[i]),
+                "positive": bool(positive[i]),
                 "requested": code in wanted,
                 "logit": round(float(table.bias[i] + contributions.sum()), 6),
                 "bias": round(float(table.bias[i]), 6),

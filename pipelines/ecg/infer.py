@@ -175,8 +175,16 @@ class EcgPredictor(ClassificationPredictor[EcgOptions]):
         data (``<name>_explain.json``) a front end can draw them from."""
         options: EcgOptions = prepared.options
         table = self.prototype_table
+        head, probs = self.heads[0], raw["probs"][HEAD]
         entries = explain_labels(
-            table, raw["probs"][HEAD], self.thresholds, raw["sims"], raw["windows"], options.explain_labels, self.fs
+            table,
+            probs,
+            self.thresholds,
+            head.decide(probs),
+            raw["sims"],
+            raw["windows"],
+            options.explain_labels,
+            self.fs,
         )
         explanation: dict[str, Any] = {
             "method": "ProtoECGNet prototypes: logit = bias + sum over prototypes of weight x similarity",

@@ -111,7 +111,7 @@ def test_each_labels_logit_is_its_bias_plus_its_prototypes_contributions(predict
     table = PrototypeTable.of(predictor.model, PTBXL_LABELS, [])
     sims = out.similarities[0].numpy()
     win = {k: v[0].numpy() for k, v in windows.items()}
-    entries = explain_labels(table, probs, thresholds, sims, win, requested=("LVOLT",), fs=FS, k=2)
+    entries = explain_labels(table, probs, thresholds, probs >= thresholds, sims, win, ("LVOLT",), FS, k=2)
     positives = {PTBXL_LABELS[i] for i in np.flatnonzero(probs >= thresholds)}
     assert len(positives) == 4
     assert {e["label"] for e in entries} == positives | {"LVOLT"}
@@ -146,7 +146,9 @@ def test_the_matched_window_is_where_the_similarity_peaks(predictor: EcgPredicto
     table = PrototypeTable.of(model, PTBXL_LABELS, [])
     probs = np.zeros(71)
     win = {k: v[0].numpy() for k, v in windows.items()}
-    entries = explain_labels(table, probs, np.ones(71), out.similarities[0].numpy(), win, ("STE_", "NORM"), FS)
+    entries = explain_labels(
+        table, probs, np.ones(71), np.zeros(71, bool), out.similarities[0].numpy(), win, ("STE_", "NORM"), FS
+    )
     ste, norm = (next(e for e in entries if e["label"] == c) for c in ("STE_", "NORM"))
     for p in ste["prototypes"]:
         w = p["window"]
