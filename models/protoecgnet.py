@@ -258,9 +258,13 @@ class ProtoBranch(nn.Module):
         self.register_buffer("prototype_class_identity", self._identity(), persistent=False)
         self.reset_classifier()
 
+    def prototype_classes(self) -> torch.Tensor:
+        """(P,) the branch class each prototype belongs to: prototype ``j`` is class ``j // prototypes_per_class``'s."""
+        return torch.arange(self.num_prototypes) // self.prototypes_per_class
+
     def _identity(self) -> torch.Tensor:
         ident = torch.zeros(self.num_prototypes, self.num_classes)
-        ident[torch.arange(self.num_prototypes), torch.arange(self.num_prototypes) // self.prototypes_per_class] = 1
+        ident[torch.arange(self.num_prototypes), self.prototype_classes()] = 1
         return ident
 
     def reset_classifier(self, correct: float = 1.0, incorrect: float = -0.5) -> None:

@@ -105,9 +105,9 @@ class PrototypeTable:
         label_of, branch_of, local, windowed, time_len = [], [], [], [], []
         for name in BRANCH_NAMES:
             b = model.branch(name)
-            index = model.branch_index(name).cpu().numpy()
+            classes = model.branch_index(name).cpu()[b.prototype_classes()].tolist()
             for p in range(b.num_prototypes):
-                label_of.append(int(index[p // b.prototypes_per_class]))
+                label_of.append(int(classes[p]))
                 branch_of.append(name)
                 local.append(p)
                 windowed.append(b.kind == "2d" and b.proto_time_len < model.feature_columns)

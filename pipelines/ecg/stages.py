@@ -118,7 +118,7 @@ def project_prototypes(
     for name in branches:
         b = model.branch(name)
         label_idx = model.branch_index(name).cpu()
-        proto_class = torch.arange(b.num_prototypes) // b.prototypes_per_class
+        proto_class = b.prototype_classes()
         allowed = y_t[:, label_idx[proto_class]]  # (N, P): record carries the prototype's class
         best = torch.full((b.num_prototypes,), -math.inf)
         best_rec = torch.full((b.num_prototypes,), -1, dtype=torch.long)
